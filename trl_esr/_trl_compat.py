@@ -1,0 +1,78 @@
+"""Every use of TRL's private API in trl_esr, in one place.
+
+TRL does not promise these names across releases. `tests/test_trl_contract.py` checks each of them (signature and
+behaviour) against the installed TRL, so an upgrade that moves one fails in our test suite, not in a user's run.
+Tested with TRL 1.16 (see `pyproject.toml` for the pinned range).
+
+What we rely on:
+
+- `DistillationTrainer._generate_and_score_completions(inputs)` returns the training batch: `prompt_ids`,
+  `completion_ids`, `completion_mask`, the optional per-token loss mask `tool_mask`, and `num_items_in_batch`, the loss
+  normaliser that `compute_loss` divides by the process count.
+- `DistillationTrainer._compute_loss(unwrapped_student, inputs, num_items_in_batch)` computes the divergence by calling
+  the module-level `_chunked_divergence_loss`, which it looks up at call time.
+- Rollout length is read from `trainer.generation_config.max_new_tokens` (HF generate; `trainer.generation_kwargs`
+  overrides the model's own generation config), from `trainer.vllm_generation.max_completion_length` (vLLM, read on
+  every call), and from `trainer.max_completion_length` (the tool-calling loop's budget).
+- `trainer._metrics[mode]` is the dict of lists that `DistillationTrainer.log` averages and logs.
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from trl.trainer import distillation_trainer as _distillation_module
+
+
+# TRL multiplies `completion_mask` by `inputs["tool_mask"]` to decide which completion tokens are trained (it masks tool
+# results there). ESR's "mask" mode restricts training to the first k tokens through the same key.
+LOSS_MASK_KEY = "tool_mask"
+
+# TRL's memory-efficient generalized-JSD over hidden states and `lm_head` weights (never materialises full logits).
+chunked_divergence_loss = _distillation_module._chunked_divergence_loss
+
+
+@contextlib.contextmanager
+def replace_divergence_loss(divergence_loss: Callable) -> Iterator[None]:
+    """Make `DistillationTrainer._compute_loss` call `divergence_loss` instead of TRL's `_chunked_divergence_loss`."""
+    original = _distillation_module._chunked_divergence_loss
+    _distillation_module._chunked_divergence_loss = divergence_loss
+    try:
+        yield
+    finally:
+        _distillation_module._chunked_divergence_loss = original
+
+
+@contextlib.contextmanager
+def cap_rollout_length(trainer, max_new_tokens: int | None) -> Iterator[None]:
+    """Limit every rollout generated inside the block to `max_new_tokens` (HF generate, vLLM and the tool loop).
+
+    `None` leaves the trainer's `max_completion_length` in force. The previous limits are restored on exit, so
+    evaluation generation keeps `max_completion_length`.
+    """
+    if max_new_tokens is None:
+        yield
+        return
+    saved = (
+        trainer.generation_config.max_new_tokens,
+        trainer.generation_kwargs.get("max_new_tokens"),
+        trainer.max_completion_length,
+    )
+    trainer.generation_config.max_new_tokens = max_new_tokens
+    trainer.generation_kwargs["max_new_tokens"] = max_new_tokens
+    trainer.max_completion_length = max_new_tokens
+    if trainer.use_vllm:
+        saved_vllm = trainer.vllm_generation.max_completion_length
+        trainer.vllm_generation.max_completion_length = max_new_tokens
+    try:
+        yield
+    finally:
+        trainer.generation_config.max_new_tokens = saved[0]
+        trainer.generation_kwargs["max_new_tokens"] = saved[1]
+        trainer.max_completion_length = saved[2]
+        if trainer.use_vllm:
+            trainer.vllm_generation.max_completion_length = saved_vllm
+
+
+def metrics(trainer, mode: str) -> dict[str, list[float]]:
+    """The per-mode metric lists that `DistillationTrainer.log` averages and logs next to TRL's own."""
+    return trainer._metrics[mode]

@@ -1,0 +1,167 @@
+"""`ESRConfig`: `trl.DistillationConfig` plus the knobs of Early Stopping Rollout."""
+
+from dataclasses import dataclass, field
+
+from trl import DistillationConfig
+
+
+_SCHEDULES = ("constant", "linear")
+_MODES = ("stop", "mask")
+_NORMALIZATIONS = ("sequence", "token")
+
+
+@dataclass
+class ESRConfig(DistillationConfig):
+    r"""
+    Configuration class for [`ESRDistillTrainer`].
+
+    Extends [`~trl.DistillationConfig`] with the parameters of Early Stopping Rollout (ESR, arXiv 2605.27028): the
+    student's *training* rollouts stop after their first `esr_k` tokens, the teacher scores only those, and the student
+    learns only from them. Every other field is TRL's and keeps TRL's meaning.
+
+    Parameters:
+        > Parameters that control the rollout horizon
+
+        esr_k (`int` or `None`, *optional*, defaults to `100`):
+            Maximum number of new tokens of each training rollout. `None` disables ESR: rollouts run to
+            `max_completion_length`, as in plain on-policy distillation. Evaluation generation is never capped by
+            `esr_k`; it uses `max_completion_length`.
+        esr_k_schedule (`str`, *optional*, defaults to `"constant"`):
+            `"constant"` uses `esr_k` from the first step. `"linear"` grows k from `esr_k_start` to `esr_k` over
+            `esr_k_warmup_steps` optimizer steps (a progressive horizon). k is a pure function of the global step, so a
+            resumed run continues the schedule exactly.
+        esr_k_start (`int`, *optional*, defaults to `16`):
+            First k of the `"linear"` schedule.
+        esr_k_warmup_steps (`int`, *optional*, defaults to `0`):
+            Number of optimizer steps over which the `"linear"` schedule reaches `esr_k`.
+        esr_mode (`str`, *optional*, defaults to `"stop"`):
+            `"stop"`: generation itself halts after k tokens (the efficient path). `"mask"`: generate up to
+            `max_completion_length` but train only on the first k tokens; an ablation that separates "fewer tokens
+            trained" from "less compute".
+
+        > Parameters that control the loss
+
+        loss_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature applied to both models' logits inside the divergence. Separate from the sampling
+            `temperature`: the paper samples at 0.7 and computes the KL on untempered logits.
+        loss_normalization (`str`, *optional*, defaults to `"sequence"`):
+            `"sequence"`: each rollout's loss is the mean over its trained tokens, then the mean over rollouts (the
+            paper). `"token"`: the sum over all trained tokens divided by their count across the gradient-accumulation
+            window and processes (TRL's reduction).
+
+    > [!NOTE]
+    > These parameters have default values different from [`~trl.DistillationConfig`], following the paper:
+    > - `temperature`: `0.7` instead of `1.0` (sampling only; the loss uses `loss_temperature`).
+    > - `top_p`: `0.95` instead of `1.0`.
+    """
+
+    # Sampling defaults of the paper (Section "Method"): T = 0.7, top-p = 0.95.
+    temperature: float = field(
+        default=0.7,
+        metadata={
+            "help": "Temperature for sampling the student's rollouts. Unlike in TRL, it does not enter the loss: the "
+            "divergence uses `loss_temperature`."
+        },
+    )
+    top_p: float = field(
+        default=0.95,
+        metadata={"help": "Top-p (nucleus) sampling parameter for on-policy generation."},
+    )
+
+    # Parameters that control the rollout horizon
+    esr_k: int | None = field(
+        default=100,
+        metadata={
+            "help": "Maximum number of new tokens of each training rollout (the paper's N; 100 by default, accuracy "
+            "was flat for 50-200 on its main pair). `None` disables ESR (rollouts run to `max_completion_length`). "
+            "Evaluation generation is never capped by `esr_k`."
+        },
+    )
+    esr_k_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "How k evolves: 'constant' (esr_k from the first step) or 'linear' (from `esr_k_start` to `esr_k` "
+            "over `esr_k_warmup_steps` optimizer steps). k is a pure function of the global step, so resume is exact.",
+            "choices": list(_SCHEDULES),
+        },
+    )
+    esr_k_start: int = field(
+        default=16,
+        metadata={"help": "First k of the 'linear' schedule."},
+    )
+    esr_k_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps over which the 'linear' schedule grows k from `esr_k_start` to `esr_k`."},
+    )
+    esr_mode: str = field(
+        default="stop",
+        metadata={
+            "help": "'stop': generation halts after k tokens (saves compute). 'mask': generate up to "
+            "`max_completion_length` and train only on the first k tokens (an ablation).",
+            "choices": list(_MODES),
+        },
+    )
+
+    # Parameters that control the loss
+    loss_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Temperature applied to both models' logits in the divergence, separate from the sampling "
+            "`temperature`. The paper computes the KL on untempered logits (1.0)."
+        },
+    )
+    loss_normalization: str = field(
+        default="sequence",
+        metadata={
+            "help": "'sequence': mean over each rollout's trained tokens, then mean over rollouts (the paper). "
+            "'token': sum over trained tokens divided by their count across the accumulation window and processes "
+            "(TRL's reduction).",
+            "choices": list(_NORMALIZATIONS),
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        # YAML gives `null`, the command line gives the string "None": both disable ESR.
+        if isinstance(self.esr_k, str) and self.esr_k.lower() in ("none", "null"):
+            self.esr_k = None
+        if self.esr_k is not None:
+            _require_positive_int("esr_k", self.esr_k, "or `None` to disable ESR")
+            if self.max_completion_length is not None and self.esr_k > self.max_completion_length:
+                raise ValueError(
+                    f"`esr_k` ({self.esr_k}) is larger than `max_completion_length` ({self.max_completion_length}), "
+                    "so it would never stop a rollout. Lower `esr_k`, or raise `max_completion_length` to at least "
+                    f"{self.esr_k}."
+                )
+        _require_choice("esr_k_schedule", self.esr_k_schedule, _SCHEDULES)
+        _require_choice("esr_mode", self.esr_mode, _MODES)
+        _require_choice("loss_normalization", self.loss_normalization, _NORMALIZATIONS)
+        _require_positive_int("esr_k_start", self.esr_k_start, "")
+        if isinstance(self.esr_k_warmup_steps, bool) or not isinstance(self.esr_k_warmup_steps, int):
+            raise ValueError(f"`esr_k_warmup_steps` must be an int >= 0, got {self.esr_k_warmup_steps!r}.")
+        if self.esr_k_warmup_steps < 0:
+            raise ValueError(f"`esr_k_warmup_steps` must be >= 0, got {self.esr_k_warmup_steps}. Use 0 for no warm-up.")
+        if self.esr_k_schedule == "linear":
+            if self.esr_k is None:
+                raise ValueError(
+                    "`esr_k_schedule='linear'` needs a final `esr_k`, but `esr_k` is None. Set `esr_k` (e.g. 100), or "
+                    "use `esr_k_schedule='constant'`."
+                )
+            if self.esr_k_start > self.esr_k:
+                raise ValueError(
+                    f"`esr_k_start` ({self.esr_k_start}) is larger than `esr_k` ({self.esr_k}); the linear schedule "
+                    "grows k from `esr_k_start` up to `esr_k`. Set `esr_k_start` <= `esr_k`."
+                )
+        if not self.loss_temperature > 0:
+            raise ValueError(f"`loss_temperature` must be > 0, got {self.loss_temperature}. The paper uses 1.0.")
+
+
+def _require_positive_int(name: str, value, alternative: str) -> None:
+    # `bool` is an `int` subclass; `esr_k=True` is a mistake, not k=1.
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int{', ' + alternative if alternative else ''}; got {value!r}.")
+
+
+def _require_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")

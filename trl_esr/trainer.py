@@ -1,0 +1,121 @@
+"""`ESRDistillTrainer`: TRL's on-policy distillation with Early Stopping Rollout."""
+
+import textwrap
+
+import torch
+from trl import DistillationTrainer
+from trl.trainer.utils import get_config_model_id
+
+from ._trl_compat import LOSS_MASK_KEY, cap_rollout_length, metrics, replace_divergence_loss
+from .config import ESRConfig
+from .loss import make_divergence_loss
+from .schedule import esr_k_at_step
+
+
+class ESRDistillTrainer(DistillationTrainer):
+    """
+    Trainer for on-policy distillation with Early Stopping Rollout (ESR), as introduced in [Less is More: Early Stopping
+    Rollout for On-Policy Distillation](https://huggingface.co/papers/2605.27028).
+
+    The student's training rollouts stop after their first k tokens (`ESRConfig.esr_k`, 100 by default): the teacher
+    scores only those tokens and the student minimises the reverse KL on them. Early tokens are where the teacher's
+    guidance is reliable; the further a student rollout drifts, the worse the teacher's token-level signal.
+
+    What changes w.r.t. [`~trl.DistillationTrainer`]:
+
+    - `_generate_and_score_completions`: during training, rollouts are capped at the current k (`esr_mode="stop"`) or
+      trained on their first k tokens only (`esr_mode="mask"`); `num_items_in_batch` counts what is actually trained
+      (tokens or rollouts, per `loss_normalization`); `esr/*` metrics are logged. Evaluation is not capped.
+    - `_compute_loss`: the divergence uses `loss_temperature` (not the sampling temperature) and the
+      `loss_normalization` reduction.
+
+    Everything else (model, PEFT and quantized loading, HF and vLLM generation, DeepSpeed/FSDP, logging,
+    checkpointing, the constructor's arguments) is inherited unchanged.
+
+    Example:
+
+    ```python
+    >>> from trl_esr import ESRConfig, ESRDistillTrainer
+
+    >>> trainer = ESRDistillTrainer(
+    ...     model="Qwen/Qwen2.5-Math-1.5B",
+    ...     teacher_model="Qwen/Qwen3-1.7B",
+    ...     args=ESRConfig(output_dir="qwen-esr", esr_k=100),
+    ...     train_dataset=dataset,
+    ... )
+    >>> trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "trl-esr", "distillation"]
+    _name = "ESR Distillation"
+    _paper = {
+        "title": "Less is More: Early Stopping Rollout for On-Policy Distillation",
+        "id": "2605.27028",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{zhou2026esr,
+                title        = {{Less is More: Early Stopping Rollout for On-Policy Distillation}},
+                author       = {Zhou and Li and Tang and Wu and Terzopoulos},
+                year         = 2026,
+                eprint       = {arXiv:2605.27028},
+            }"""),
+    }
+
+    def __init__(self, model, teacher_model=None, args: ESRConfig | None = None, **kwargs):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = ESRConfig(f"{model_name.split('/')[-1]}-ESR")
+        elif not isinstance(args, ESRConfig):
+            raise TypeError(
+                f"`args` must be an `ESRConfig`, got `{type(args).__name__}`. `ESRConfig` takes every field of "
+                "`DistillationConfig` plus the `esr_*` ones: build it with the same keyword arguments."
+            )
+        super().__init__(model, teacher_model, args=args, **kwargs)
+        self._divergence_loss = make_divergence_loss(args.loss_normalization, args.loss_temperature)
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:  # evaluation generates up to `max_completion_length`
+            return super()._generate_and_score_completions(inputs)
+        k = esr_k_at_step(self.args, self.state.global_step)
+        with cap_rollout_length(self, k if self.args.esr_mode == "stop" else None):
+            batch = super()._generate_and_score_completions(inputs)
+        return self._train_first_k_tokens(batch, k)
+
+    def _train_first_k_tokens(self, batch: dict, k: int | None) -> dict:
+        """Restrict the loss to each rollout's first k tokens, set the loss normaliser to what is actually trained
+        across the generation batch and processes, and log the `esr/*` metrics."""
+        completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]  # (B, C)
+        horizon = k if k is not None else self.args.max_completion_length
+        within_k = torch.arange(completion_ids.size(1), device=completion_ids.device) < horizon  # (C,)
+        if k is not None and completion_ids.size(1) > k:  # only "mask" mode generates past k
+            batch[LOSS_MASK_KEY] = batch.get(LOSS_MASK_KEY, torch.ones_like(completion_mask)) * within_k
+        loss_mask = completion_mask * batch.get(LOSS_MASK_KEY, 1)  # (B, C)
+
+        eos_ids = torch.tensor(self.eos_token_ids, device=completion_ids.device)
+        ended_within_k = (torch.isin(completion_ids, eos_ids) & completion_mask.bool() & within_k).any(dim=1)  # (B,)
+        trained_per_rollout = loss_mask.sum(dim=1)  # (B,)
+        counts = torch.stack(
+            [
+                completion_mask.sum(),  # tokens generated
+                trained_per_rollout.sum(),  # tokens trained
+                (trained_per_rollout > 0).sum(),  # rollouts trained
+                (~ended_within_k).sum(),  # rollouts that hit k before EOS
+                torch.tensor(completion_ids.size(0), device=completion_ids.device),  # rollouts
+            ]
+        ).float()
+        generated, trained, rollouts_trained, capped, rollouts = self.accelerator.gather(counts).view(-1, 5).sum(0)
+
+        per_token = self.args.loss_normalization == "token"
+        batch["num_items_in_batch"] = trained if per_token else rollouts_trained
+
+        logged = metrics(self, "train")
+        logged["esr/k"].append(float(horizon))
+        logged["esr/tokens_generated"].append(generated.item())
+        logged["esr/tokens_trained"].append(trained.item())
+        logged["esr/capped_fraction"].append((capped / rollouts).item())
+        return batch
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        with replace_divergence_loss(self._divergence_loss):
+            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
