@@ -1,0 +1,25 @@
+"""`trl-esr` console command: `trl-esr demo ...`. Each subcommand forwards its arguments to its module's `main`."""
+
+import sys
+
+
+_COMMANDS = {
+    "demo": ("trl_esr.demo", "offline demo: ESR vs full-rollout distillation on a tiny task, on CPU"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
+        print("usage: trl-esr <command> [options]\n\ncommands:")
+        for name, (_, help_text) in _COMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        print("\n`trl-esr <command> --help` lists a command's options.")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module_name, _ = _COMMANDS[argv[0]]
+    module = __import__(module_name, fromlist=["main"])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
