@@ -144,8 +144,8 @@ class ESRConfig(DistillationConfig):
         if self.esr_k_schedule == "linear":
             if self.esr_k is None:
                 raise ValueError(
-                    "`esr_k_schedule='linear'` needs a final `esr_k`, but `esr_k` is None. Set `esr_k` (e.g. 100), or "
-                    "use `esr_k_schedule='constant'`."
+                    "`esr_k_schedule` is 'linear', which grows k up to `esr_k`, but `esr_k` is None. Set `esr_k` "
+                    "(e.g. 100), or use `esr_k_schedule='constant'`."
                 )
             if self.esr_k_start > self.esr_k:
                 raise ValueError(

@@ -1,0 +1,79 @@
+"""Shared offline fixtures: a word-level tokenizer and tiny Qwen2/Llama models saved to disk and loaded by path."""
+
+import os
+
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from trl_esr import ESRConfig  # noqa: E402
+from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained  # noqa: E402
+
+
+WORDS = [f"w{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_word_tokenizer(WORDS)
+
+
+@pytest.fixture(scope="session")
+def model_paths(tmp_path_factory, tokenizer):
+    """A Qwen2 student and a wider Llama teacher (same vocabulary), saved like Hub checkpoints."""
+    root = tmp_path_factory.mktemp("models")
+    student = build_tiny_causal_lm(tokenizer, "qwen2", hidden_size=32, seed=0)
+    teacher = build_tiny_causal_lm(tokenizer, "llama", hidden_size=48, seed=1)
+    return {
+        "student": save_pretrained(student, tokenizer, root / "student"),
+        "teacher": save_pretrained(teacher, tokenizer, root / "teacher"),
+    }
+
+
+@pytest.fixture(scope="session")
+def train_dataset():
+    """Conversational prompts of 3-5 words."""
+    prompts = [[{"role": "user", "content": " ".join(WORDS[i : i + 3 + i % 3])}] for i in range(32)]
+    return Dataset.from_dict({"prompt": prompts})
+
+
+@pytest.fixture
+def make_args(tmp_path, tokenizer):
+    """ESRConfig factory with CPU-friendly defaults; keyword arguments override them."""
+
+    def make(config_class=ESRConfig, suppress_eos: bool = True, **overrides) -> ESRConfig:
+        defaults = dict(
+            output_dir=str(tmp_path / "out"),
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=1,
+            max_steps=2,
+            max_completion_length=24,
+            esr_k=8,
+            learning_rate=1e-3,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=42,
+            # EOS suppressed: every rollout runs until a length cap, so caps are observable
+            generation_kwargs={"suppress_tokens": [tokenizer.eos_token_id]} if suppress_eos else None,
+        )
+        if config_class is not ESRConfig:  # a plain TRL config has no ESR fields
+            defaults.pop("esr_k")
+        return config_class(**{**defaults, **overrides})
+
+    return make
+
+
+def trainable_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def all_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}

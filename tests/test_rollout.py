@@ -1,0 +1,70 @@
+"""ESR's rollout horizon: training rollouts stop at k, evaluation does not, and the esr/* metrics count them."""
+
+import pytest
+from helpers import record_batches
+
+from trl_esr import ESRDistillTrainer
+
+
+def make_trainer(model_paths, tokenizer, train_dataset, args, **kwargs):
+    return ESRDistillTrainer(
+        model=model_paths["student"],
+        teacher_model=model_paths["teacher"],
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("k", [1, 5, 16])
+def test_training_rollouts_stop_at_k(k, model_paths, tokenizer, train_dataset, make_args):
+    args = make_args(esr_k=k, max_completion_length=24, gradient_accumulation_steps=2)
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    batches = record_batches(trainer)
+    trainer.train()
+
+    assert len(batches) == 2  # one generation per optimizer step (2 steps, generation batch = 2 x 2 prompts)
+    for batch in batches:
+        lengths = batch["completion_mask"].sum(dim=1)
+        assert lengths.tolist() == [k] * 4  # EOS is suppressed, so every rollout reaches the cap
+        assert batch["completion_ids"].size(1) == k
+    logs = [entry for entry in trainer.state.log_history if "esr/k" in entry]
+    assert [entry["esr/k"] for entry in logs] == [k, k]
+    assert [entry["esr/tokens_generated"] for entry in logs] == [4 * k, 4 * k]
+    assert [entry["esr/capped_fraction"] for entry in logs] == [1.0, 1.0]
+
+
+def test_full_rollout_reaches_max_completion_length(model_paths, tokenizer, train_dataset, make_args):
+    args = make_args(esr_k=None, max_completion_length=24)
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    batches = record_batches(trainer)
+    trainer.train()
+    assert all(batch["completion_mask"].sum(dim=1).tolist() == [24, 24] for batch in batches)
+    assert trainer.state.log_history[0]["esr/k"] == 24
+
+
+def test_evaluation_is_not_capped_and_cap_is_restored(model_paths, tokenizer, train_dataset, make_args):
+    args = make_args(esr_k=4, max_completion_length=20, per_device_eval_batch_size=2)
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, eval_dataset=train_dataset.select(range(4)))
+    batches = record_batches(trainer)
+    trainer.train()
+    trainer.evaluate()
+    train_lengths = {n for b in batches if b["training"] for n in b["completion_mask"].sum(dim=1).tolist()}
+    eval_lengths = {n for b in batches if not b["training"] for n in b["completion_mask"].sum(dim=1).tolist()}
+    assert train_lengths == {4} and eval_lengths == {20}
+    assert trainer.generation_config.max_new_tokens == 20  # the training cap did not leak
+
+
+def test_capped_fraction_counts_rollouts_that_did_not_end(model_paths, tokenizer, train_dataset, make_args):
+    # EOS allowed: a random tiny model ends some rollouts early; capped = the ones still running at k.
+    args = make_args(esr_k=6, suppress_eos=False, per_device_train_batch_size=8, max_steps=1)
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    batches = record_batches(trainer)
+    trainer.train()
+    (batch,) = batches
+    ended = [tokenizer.eos_token_id in ids[mask.bool()].tolist() for ids, mask in
+             zip(batch["completion_ids"], batch["completion_mask"])]  # fmt: skip
+    assert 0 < sum(ended) < 8, "the seed should give a mix of ended and running rollouts"
+    assert trainer.state.log_history[0]["esr/capped_fraction"] == pytest.approx(1 - sum(ended) / 8)
+    assert trainer.state.log_history[0]["esr/tokens_generated"] == batch["completion_mask"].sum().item()

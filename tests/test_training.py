@@ -1,0 +1,97 @@
+"""End-to-end training behaviour: what moves, what must not, PEFT, checkpoints and resume."""
+
+import os
+
+import pytest
+import torch
+from conftest import all_snapshot, trainable_snapshot
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM
+
+from trl_esr import ESRDistillTrainer, esr_k_at_step
+from trl_esr.tiny_models import save_pretrained
+
+
+def make_trainer(student, teacher, tokenizer, train_dataset, args, **kwargs):
+    return ESRDistillTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+        **kwargs,
+    )  # fmt: skip
+
+
+def test_self_distillation_has_zero_loss(model_paths, tokenizer, train_dataset, make_args):
+    args = make_args(max_steps=2)
+    trainer = make_trainer(model_paths["student"], model_paths["student"], tokenizer, train_dataset, args)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and max(abs(loss) for loss in losses) < 1e-6
+
+
+def test_perturbed_teacher_moves_student_and_never_itself(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+    teacher = AutoModelForCausalLM.from_pretrained(model_paths["student"])
+    with torch.no_grad():
+        for param in teacher.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+    teacher_path = save_pretrained(teacher, tokenizer, tmp_path / "perturbed")
+    args = make_args(max_steps=3, learning_rate=1e-2)
+    trainer = make_trainer(model_paths["student"], teacher_path, tokenizer, train_dataset, args)
+    student_before, teacher_before = trainable_snapshot(trainer.model), all_snapshot(trainer.teacher_model)
+    trainer.train()
+
+    assert trainer.state.log_history[0]["loss"] > 1e-3
+    for name, before in student_before.items():
+        assert not torch.equal(before, trainer.model.get_parameter(name)), f"{name} did not move"
+    for name, before in teacher_before.items():
+        assert torch.equal(before, trainer.teacher_model.get_parameter(name)), f"teacher {name} changed"
+
+
+def test_lora_trains_adapters_only_and_resumes_from_checkpoint(
+    model_paths, tokenizer, train_dataset, make_args, tmp_path
+):
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = make_args(max_steps=2, save_strategy="steps", save_steps=2, output_dir=str(tmp_path / "lora"))
+    trainer = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args,
+                           peft_config=lora)  # fmt: skip
+    before = all_snapshot(trainer.model)
+    trainer.train()
+
+    changed = {name for name, p in before.items() if not torch.equal(p, trainer.model.get_parameter(name))}
+    assert changed and all("lora_" in name for name in changed)
+    assert any("lora_A" in name for name in changed) and any("lora_B" in name for name in changed)
+    checkpoint = tmp_path / "lora" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
+    assert "trl-esr" in (tmp_path / "lora" / "README.md").read_text()  # model card from `_tag_names`
+
+    args = make_args(max_steps=4, save_strategy="steps", save_steps=2, output_dir=str(tmp_path / "lora"))
+    resumed = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args,
+                           peft_config=lora)  # fmt: skip
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 4
+    assert [entry["step"] for entry in resumed.state.log_history if "loss" in entry][-2:] == [3, 4]
+    assert (tmp_path / "lora" / "checkpoint-4").is_dir()
+
+
+def test_linear_schedule_continues_after_resume(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+    schedule = dict(esr_k=14, esr_k_start=2, esr_k_warmup_steps=4, esr_k_schedule="linear", max_completion_length=16)
+    output_dir = str(tmp_path / "sched")
+    args = make_args(max_steps=3, save_strategy="steps", save_steps=3, output_dir=output_dir, **schedule)
+    first = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    first.train()
+    args = make_args(max_steps=6, save_strategy="no", output_dir=output_dir, **schedule)
+    resumed = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    resumed.train(resume_from_checkpoint=os.path.join(output_dir, "checkpoint-3"))
+
+    logged = {entry["step"]: entry for t in (first, resumed) for entry in t.state.log_history if "esr/k" in entry}
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    for step, entry in logged.items():  # the rollouts of step s are generated at global step s - 1
+        k = esr_k_at_step(args, step - 1)
+        assert entry["esr/k"] == k and entry["esr/tokens_generated"] == 2 * k, step
+    assert [logged[s]["esr/k"] for s in range(1, 7)] == [2, 5, 8, 11, 14, 14]
+
+
+def test_rejects_a_plain_trl_config(model_paths, tokenizer, train_dataset):
+    from trl import DistillationConfig
+
+    args = DistillationConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
+    with pytest.raises(TypeError, match="ESRConfig"):
+        make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)

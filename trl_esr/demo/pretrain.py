@@ -1,0 +1,74 @@
+"""Supervised pre-training of the demo's teacher and student from scratch, with a plain PyTorch loop.
+
+The teacher is trained until it solves the task; the student, smaller, sees far fewer steps, so distillation has a
+real gap to close. The loss covers the response tokens only, laid out exactly as TRL lays out a rollout (the chat
+template's generation prompt, then the response, then EOS).
+"""
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from .task import derivation, prompt
+
+def chat_prompt(a: int, b: int, n_digits: int) -> list[dict]:
+    """The prompt as TRL receives it: one user message, rendered by the tokenizer's chat template."""
+    return [{"role": "user", "content": prompt(a, b, n_digits)}]
+
+def encode_prompts(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, int]], n_digits: int) -> list[list[int]]:
+    conversations = [chat_prompt(a, b, n_digits) for a, b in pairs]
+    return tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, int]], n_digits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, labels)` of prompt + reference response + EOS; labels are -100 on the prompt.
+
+    Every prompt and every response of the task has the same length, so the batch needs no padding.
+    """
+    prompt_ids = encode_prompts(tokenizer, pairs, n_digits)
+    responses = [derivation(a, b, n_digits) + " " + tokenizer.eos_token for a, b in pairs]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    input_ids = torch.tensor([p + r for p, r in zip(prompt_ids, response_ids, strict=True)])
+    labels = input_ids.clone()
+    labels[:, : len(prompt_ids[0])] = -100
+    return input_ids, labels
+
+def supervised_finetune(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    pairs: list[tuple[int, int]],
+    n_digits: int,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    desc: str,
+) -> PreTrainedModel:
+    """AdamW with linear warm-up and cosine decay on random mini-batches of `pairs` (with replacement)."""
+    input_ids, labels = encode_examples(tokenizer, pairs, n_digits)
+    device = model.device
+    input_ids, labels = input_ids.to(device), labels.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps))).item(),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    bar = tqdm(range(steps), desc=desc, unit="step")
+    for _ in bar:
+        index = torch.randint(len(pairs), (batch_size,), generator=generator).to(device)
+        loss = model(input_ids=input_ids[index], labels=labels[index]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    return model
+
