@@ -31,9 +31,7 @@ def run_one_window(model_paths, tokenizer, train_dataset, make_args, **overrides
     return spy.calls, lengths
 
 
-def test_token_normalization_divides_by_trained_tokens_of_the_window(
-    model_paths, tokenizer, train_dataset, make_args
-):
+def test_token_normalization_divides_by_trained_tokens_of_the_window(model_paths, tokenizer, train_dataset, make_args):
     calls, lengths = run_one_window(model_paths, tokenizer, train_dataset, make_args, loss_normalization="token")
     window_tokens = lengths.sum().item()
     for call in calls:
@@ -83,9 +81,7 @@ def fixed_batch(tokenizer, generator_seed=0):
     }
 
 
-def test_loss_temperature_and_sampling_temperature_are_independent(
-    model_paths, tokenizer, train_dataset, make_args
-):
+def test_loss_temperature_and_sampling_temperature_are_independent(model_paths, tokenizer, train_dataset, make_args):
     def loss_and_samples(temperature, loss_temperature):
         args = make_args(temperature=temperature, loss_temperature=loss_temperature, max_steps=1)
         trainer = make_trainer(model_paths, tokenizer, train_dataset, args)

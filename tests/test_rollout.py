@@ -64,7 +64,7 @@ def test_capped_fraction_counts_rollouts_that_did_not_end(model_paths, tokenizer
     trainer.train()
     (batch,) = batches
     ended = [tokenizer.eos_token_id in ids[mask.bool()].tolist() for ids, mask in
-             zip(batch["completion_ids"], batch["completion_mask"])]  # fmt: skip
+             zip(batch["completion_ids"], batch["completion_mask"], strict=True)]  # fmt: skip
     assert 0 < sum(ended) < 8, "the seed should give a mix of ended and running rollouts"
     assert trainer.state.log_history[0]["esr/capped_fraction"] == pytest.approx(1 - sum(ended) / 8)
     assert trainer.state.log_history[0]["esr/tokens_generated"] == batch["completion_mask"].sum().item()

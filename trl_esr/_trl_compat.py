@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from trl.trainer import distillation_trainer as _distillation_module
 
 
-# TRL multiplies `completion_mask` by `inputs["tool_mask"]` to decide which completion tokens are trained (it masks tool
-# results there). ESR's "mask" mode restricts training to the first k tokens through the same key.
+# TRL multiplies `completion_mask` by `inputs["tool_mask"]` to decide which completion tokens are trained (it masks
+# tool results there). ESR's "mask" mode restricts training to the first k tokens through the same key.
 LOSS_MASK_KEY = "tool_mask"
 
 # TRL's memory-efficient generalized-JSD over hidden states and `lm_head` weights (never materialises full logits).

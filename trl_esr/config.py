@@ -140,7 +140,9 @@ class ESRConfig(DistillationConfig):
         if isinstance(self.esr_k_warmup_steps, bool) or not isinstance(self.esr_k_warmup_steps, int):
             raise ValueError(f"`esr_k_warmup_steps` must be an int >= 0, got {self.esr_k_warmup_steps!r}.")
         if self.esr_k_warmup_steps < 0:
-            raise ValueError(f"`esr_k_warmup_steps` must be >= 0, got {self.esr_k_warmup_steps}. Use 0 for no warm-up.")
+            raise ValueError(
+                f"`esr_k_warmup_steps` must be >= 0, got {self.esr_k_warmup_steps}. Use 0 for no warm-up."
+            )
         if self.esr_k_schedule == "linear":
             if self.esr_k is None:
                 raise ValueError(

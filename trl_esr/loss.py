@@ -1,9 +1,9 @@
 """The divergence reductions of ESR, as drop-ins for TRL's chunked divergence.
 
 TRL's kernel computes, at every trained completion position t of rollout b, the generalized JSD between the student
-distribution p_s(. | x, y_<t) and the teacher distribution p_t(. | x, y_<t) over the full vocabulary. With `beta=1` it
-is the reverse KL, KL(p_s || p_t) = sum_v p_s(v) (log p_s(v) - log p_t(v)): the student is the sampling distribution, so
-the loss is mode-seeking. Call that per-token value d[b, t]. The reductions:
+distribution p_s(. | x, y_<t) and the teacher distribution p_t(. | x, y_<t) over the full vocabulary. With
+`beta=1` it is the reverse KL, KL(p_s || p_t) = sum_v p_s(v) (log p_s(v) - log p_t(v)): the student is the sampling
+distribution, so the loss is mode-seeking. Call that per-token value d[b, t]. The reductions:
 
 - "token" (TRL):     loss = sum_{b,t} d[b, t] / N_tokens          N_tokens: trained tokens in the window, all processes
 - "sequence" (paper): loss = sum_b (sum_t d[b, t] / n_b) / N_seqs  n_b: trained tokens of rollout b;

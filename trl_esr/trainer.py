@@ -14,8 +14,8 @@ from .schedule import esr_k_at_step
 
 class ESRDistillTrainer(DistillationTrainer):
     """
-    Trainer for on-policy distillation with Early Stopping Rollout (ESR), as introduced in [Less is More: Early Stopping
-    Rollout for On-Policy Distillation](https://huggingface.co/papers/2605.27028).
+    Trainer for on-policy distillation with Early Stopping Rollout (ESR), as introduced in [Less is More: Early
+    Stopping Rollout for On-Policy Distillation](https://huggingface.co/papers/2605.27028).
 
     The student's training rollouts stop after their first k tokens (`ESRConfig.esr_k`, 100 by default): the teacher
     scores only those tokens and the student minimises the reverse KL on them. Early tokens are where the teacher's

@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` (the main job) and `make test`. Both create .venv on first use.
+VENV ?= .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean-venv
+
+$(STAMP): pyproject.toml scripts/setup_env.sh
+	bash scripts/setup_env.sh $(VENV)
+	touch $@
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/trl-esr demo $(ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create the virtual environment and install trl_esr with its dev extras: `bash scripts/setup_env.sh [VENV_DIR]`.
+#
+# On a machine without an NVIDIA GPU whose pip is configured with a local wheel folder (`pip config list` shows
+# `find-links`) holding a CPU build of torch, that wheel is used: an unpinned torch would pull a ~5.5 GB CUDA build.
+# Elsewhere torch resolves normally (GPU users get their CUDA build); the package metadata never pins a build.
+set -euo pipefail
+venv="${1:-.venv}"
+
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check uv
+
+torch_args=()
+find_links="$(pip config get global.find-links 2>/dev/null || true)"
+if ! command -v nvidia-smi >/dev/null 2>&1 && [ -n "$find_links" ]; then
+    wheel="$(ls "$find_links"/torch-*+cpu-*.whl 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [ -n "$wheel" ]; then
+        version="$(basename "$wheel" | cut -d- -f2 | cut -d+ -f1)"
+        torch_args=(--find-links "$find_links" "torch==$version")
+        echo "setup: CPU-only machine, using the local CPU wheel torch==$version"
+    fi
+fi
+
+"$venv/bin/uv" pip install --quiet --python "$venv/bin/python" "${torch_args[@]}" -e ".[dev]"
+echo "setup: installed trl_esr into $venv"

@@ -1,0 +1,56 @@
+"""Run by `torchrun --nproc_per_node 2` from test_distributed.py: trains one ESR step per rank and writes a report.
+
+Argv: models_dir output_dir loss_normalization
+"""
+
+import json
+import os
+import sys
+
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from helpers import DivergenceSpy, record_batches  # noqa: E402
+
+from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
+from trl_esr.tiny_models import build_word_tokenizer  # noqa: E402
+
+
+def main(models_dir: str, output_dir: str, loss_normalization: str) -> None:
+    tokenizer = build_word_tokenizer([f"w{i}" for i in range(40)])
+    prompts = [[{"role": "user", "content": " ".join(f"w{j}" for j in range(i, i + 3))}] for i in range(16)]
+    args = ESRConfig(
+        output_dir=output_dir, use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[],
+        per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2, learning_rate=1e-2,
+        esr_k=6, max_completion_length=12, loss_normalization=loss_normalization, save_strategy="no", seed=0,
+    )  # fmt: skip
+    trainer = ESRDistillTrainer(
+        model=os.path.join(models_dir, "student"),
+        teacher_model=os.path.join(models_dir, "teacher"),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+    )
+    spy, batches = DivergenceSpy(trainer), record_batches(trainer)
+    initial = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    trainer.train()
+    final = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    report = {
+        "world_size": trainer.accelerator.num_processes,
+        "rank": trainer.accelerator.process_index,
+        # per optimizer step: what this rank generated, and the normaliser its loss received (already / world size)
+        "local_tokens": [b["completion_mask"].sum().item() for b in batches],
+        "local_rollouts": [b["completion_mask"].size(0) for b in batches],
+        "normalisers": [float(c["num_items_in_batch"]) for c in spy.calls],
+        "losses": [c["loss"].item() for c in spy.calls],
+        "moved": (final - initial).abs().max().item(),
+        "final_params": final.tolist()[:2000],
+    }
+    with open(os.path.join(output_dir, f"rank{report['rank']}.json"), "w") as f:
+        json.dump(report, f)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

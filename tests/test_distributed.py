@@ -1,0 +1,38 @@
+"""Two CPU processes (gloo) under torchrun: the loss normaliser spans both ranks and the gradients are synchronised.
+
+`accelerate launch --cpu --num_processes 2` silently runs one process on this machine, and without `use_cpu=True`
+each torchrun rank trains alone; so this test checks the world size and the weight sync, not just that it ran.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.parametrize("loss_normalization", ["token", "sequence"])
+def test_two_processes_share_normaliser_and_gradients(loss_normalization, model_paths, tmp_path):
+    models_dir = str(Path(model_paths["student"]).parent)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(HERE / "distributed_worker.py"), models_dir, str(tmp_path), loss_normalization]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
+    for step in range(2):
+        if loss_normalization == "token":  # tokens generated on both ranks in this step's window
+            expected = sum(r["local_tokens"][step] for r in ranks)
+        else:  # rollouts on both ranks in this step's window
+            expected = sum(r["local_rollouts"][step] for r in ranks)
+        for r in ranks:  # each micro-batch's normaliser, divided by the world size (DDP averages gradients)
+            assert r["normalisers"][2 * step : 2 * step + 2] == [expected / 2, expected / 2]
+    assert ranks[0]["moved"] > 0
+    assert ranks[0]["final_params"] == ranks[1]["final_params"]  # gradients were all-reduced
