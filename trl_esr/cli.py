@@ -1,10 +1,12 @@
-"""`trl-esr` console command: `trl-esr demo ...`. Each subcommand forwards its arguments to its module's `main`."""
+"""`trl-esr` console command: `trl-esr demo|train|suggest-k ...`. Each subcommand forwards its arguments to its module's `main`."""
 
 import sys
 
 
 _COMMANDS = {
     "demo": ("trl_esr.demo", "offline demo: ESR vs full-rollout distillation on a tiny task, on CPU"),
+    "train": ("trl_esr.scripts.esr_distill", "distil a student from a teacher with ESR (TRL-style arguments)"),
+    "suggest-k": ("trl_esr.diagnostics.cli", "measure per-position teacher/student KL and recommend k"),
 }
 
 
