@@ -60,7 +60,9 @@ def test_lora_trains_adapters_only_and_resumes_from_checkpoint(
     assert any("lora_A" in name for name in changed) and any("lora_B" in name for name in changed)
     checkpoint = tmp_path / "lora" / "checkpoint-2"
     assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
-    assert "trl-esr" in (tmp_path / "lora" / "README.md").read_text()  # model card from `_tag_names`
+    card = (tmp_path / "lora" / "README.md").read_text()
+    assert "trl-esr" in card and "2605.27028" in card  # TRL's card from `_tag_names` and `_paper`
+    assert "**k = 8**" in card and model_paths["teacher"] in card  # our ESR section
 
     args = make_args(max_steps=4, save_strategy="steps", save_steps=2, output_dir=str(tmp_path / "lora"))
     resumed = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args,

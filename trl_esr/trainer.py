@@ -1,5 +1,6 @@
 """`ESRDistillTrainer`: TRL's on-policy distillation with Early Stopping Rollout."""
 
+import os
 import textwrap
 
 import torch
@@ -9,6 +10,7 @@ from trl.trainer.utils import get_config_model_id
 from ._trl_compat import LOSS_MASK_KEY, cap_rollout_length, metrics, replace_divergence_loss
 from .config import ESRConfig
 from .loss import make_divergence_loss
+from .model_card import add_esr_details
 from .schedule import esr_k_at_step
 
 
@@ -28,6 +30,7 @@ class ESRDistillTrainer(DistillationTrainer):
       (tokens or rollouts, per `loss_normalization`); `esr/*` metrics are logged. Evaluation is not capped.
     - `_compute_loss`: the divergence uses `loss_temperature` (not the sampling temperature) and the
       `loss_normalization` reduction.
+    - `create_model_card`: TRL's card plus a section naming the teacher, k and the key hyperparameters.
 
     Everything else (model, PEFT and quantized loading, HF and vLLM generation, DeepSpeed/FSDP, logging,
     checkpointing, the constructor's arguments) is inherited unchanged.
@@ -119,3 +122,8 @@ class ESRDistillTrainer(DistillationTrainer):
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         with replace_divergence_loss(self._divergence_loss):
             return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.is_world_process_zero():
+            add_esr_details(os.path.join(self.args.output_dir, "README.md"), self)

@@ -1,0 +1,59 @@
+"""The ESR section of the model card: what a reader needs to reproduce or judge the distillation run.
+
+TRL's card (written by `_BaseTrainer.create_model_card` from the trainer's `_name`, `_paper` and `_tag_names`) names
+the student base model, the dataset, the framework versions and the citation. It does not know about the teacher or
+ESR's settings, so `ESRDistillTrainer.create_model_card` inserts this section before TRL's "Framework versions".
+"""
+
+from pathlib import Path
+
+from transformers.trainer_utils import SchedulerType
+from trl.trainer.utils import get_config_model_id
+
+
+_ANCHOR = "### Framework versions"
+
+
+def esr_details(trainer) -> str:
+    """Markdown describing the teacher, the rollout horizon and the key hyperparameters of `trainer`'s run."""
+    from . import __version__
+
+    args = trainer.args
+    teacher = get_config_model_id(trainer.accelerator.unwrap_model(trainer.teacher_model).config)
+    if args.esr_k is None:
+        horizon = f"full rollouts (ESR off), up to `max_completion_length={args.max_completion_length}` tokens"
+    elif args.esr_k_schedule == "linear":
+        horizon = (f"k grows linearly from {args.esr_k_start} to **{args.esr_k}** tokens over "
+                   f"{args.esr_k_warmup_steps} steps (`esr_mode=\"{args.esr_mode}\"`)")  # fmt: skip
+    else:
+        horizon = f'training rollouts stop after the first **k = {args.esr_k}** tokens (`esr_mode="{args.esr_mode}"`)'
+    rows = {
+        "teacher": f"`{teacher}`" if teacher else "a local model",
+        "rollout horizon": horizon,
+        "divergence": f"generalized JSD with beta={args.beta} (1.0 = reverse KL, KL(student ‖ teacher))",
+        "loss": f'`loss_normalization="{args.loss_normalization}"`, `loss_temperature={args.loss_temperature}`',
+        "sampling": f"temperature {args.temperature}, top-p {args.top_p}, top-k {args.top_k}",
+        "optimisation": (
+            f"learning rate {args.learning_rate} ({SchedulerType(args.lr_scheduler_type).value}, warm-up "
+            f"{args.warmup_steps}), {args.per_device_train_batch_size} prompts/device x "
+            f"{args.gradient_accumulation_steps} accumulation steps, grad-clip {args.max_grad_norm}, "
+            f"{trainer.state.global_step} steps"
+        ),  # fmt: skip
+        "trl_esr": __version__,
+    }
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows.items())
+    return (
+        "### Early Stopping Rollout\n\n"
+        "This student was distilled on-policy from the teacher with Early Stopping Rollout "
+        "(trl_esr, arXiv 2605.27028): the student samples its own responses, "
+        "the teacher scores their first k tokens, and the student minimises the reverse KL to the teacher there.\n\n"
+        f"| setting | value |\n|---|---|\n{table}\n\n"
+    )
+
+
+def add_esr_details(readme: str | Path, trainer) -> None:
+    """Insert the ESR section into the model card at `readme`, before TRL's framework versions (or at the end)."""
+    readme = Path(readme)
+    card, section = readme.read_text(), esr_details(trainer)
+    card = card.replace(_ANCHOR, section + _ANCHOR, 1) if _ANCHOR in card else card + "\n" + section
+    readme.write_text(card)
