@@ -1,6 +1,7 @@
 """Run by `torchrun --nproc_per_node 2` from test_distributed.py: trains one ESR step per rank and writes a report.
 
-Argv: models_dir output_dir loss_normalization
+Argv: models_dir output_dir loss_normalization [eos_on_rank1]. With `eos_on_rank1`, rank 1's student can only emit EOS,
+so every rollout there ends at its first token while rank 0's run on.
 """
 
 import json
@@ -18,13 +19,16 @@ from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
 from trl_esr.tiny_models import build_word_tokenizer  # noqa: E402
 
 
-def main(models_dir: str, output_dir: str, loss_normalization: str) -> None:
+def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1: str = "") -> None:
     tokenizer = build_word_tokenizer([f"w{i}" for i in range(40)])
+    only_eos = [i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id]
+    generation_kwargs = {"suppress_tokens": only_eos} if eos_on_rank1 and os.environ["RANK"] == "1" else None
     prompts = [[{"role": "user", "content": " ".join(f"w{j}" for j in range(i, i + 3))}] for i in range(16)]
     args = ESRConfig(
         output_dir=output_dir, use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[],
         per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2, learning_rate=1e-2,
         esr_k=6, max_completion_length=12, loss_normalization=loss_normalization, save_strategy="no", seed=0,
+        generation_kwargs=generation_kwargs,
     )  # fmt: skip
     trainer = ESRDistillTrainer(
         model=os.path.join(models_dir, "student"),

@@ -5,6 +5,7 @@ each torchrun rank trains alone; so this test checks the world size and the weig
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,11 +17,13 @@ import pytest
 HERE = Path(__file__).parent
 
 
-@pytest.mark.parametrize("loss_normalization", ["token", "sequence"])
-def test_two_processes_share_normaliser_and_gradients(loss_normalization, model_paths, tmp_path):
+@pytest.mark.parametrize(
+    "loss_normalization, eos_on_rank1", [("token", ""), ("sequence", ""), ("token", "eos_on_rank1")]
+)
+def test_two_processes_share_normaliser_and_gradients(loss_normalization, eos_on_rank1, model_paths, tmp_path):
     models_dir = str(Path(model_paths["student"]).parent)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(HERE / "distributed_worker.py"), models_dir, str(tmp_path), loss_normalization]  # fmt: skip
+               str(HERE / "distributed_worker.py"), models_dir, str(tmp_path), loss_normalization, eos_on_rank1]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,5 +37,8 @@ def test_two_processes_share_normaliser_and_gradients(loss_normalization, model_
             expected = sum(r["local_rollouts"][step] for r in ranks)
         for r in ranks:  # each micro-batch's normaliser, divided by the world size (DDP averages gradients)
             assert r["normalisers"][2 * step : 2 * step + 2] == [expected / 2, expected / 2]
+    if eos_on_rank1:  # rank 1's rollouts end at once (1 token each); rank 0's run to k
+        assert ranks[1]["local_tokens"] == [4, 4] and all(n > 4 for n in ranks[0]["local_tokens"])
+    assert all(math.isfinite(loss) for r in ranks for loss in r["losses"])
     assert ranks[0]["moved"] > 0
     assert ranks[0]["final_params"] == ranks[1]["final_params"]  # gradients were all-reduced

@@ -16,8 +16,12 @@ def test_readme_snippet_trains(tmp_path, tokenizer, monkeypatch):
     rows = [{"prompt": [{"role": "user", "content": f"w{i} w{i + 1} w{i + 2}"}]} for i in range(16)]
     (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     snippet = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
-    student = save_pretrained(build_tiny_causal_lm(tokenizer, "llama", seed=0), tokenizer, tmp_path / "student")
-    teacher = save_pretrained(build_tiny_causal_lm(tokenizer, "llama", seed=1), tokenizer, tmp_path / "teacher")
+    student = save_pretrained(
+        build_tiny_causal_lm(tokenizer, "llama", max_position_embeddings=4096, seed=0), tokenizer, tmp_path / "student"
+    )
+    teacher = save_pretrained(
+        build_tiny_causal_lm(tokenizer, "llama", max_position_embeddings=4096, seed=1), tokenizer, tmp_path / "teacher"
+    )
     snippet, replaced = re.subn(r"^student, teacher = .*$", f"student, teacher = {student!r}, {teacher!r}", snippet,
                                 flags=re.MULTILINE)  # fmt: skip
     assert replaced == 1

@@ -14,6 +14,8 @@ What we rely on:
 - Rollout length is read from `trainer.generation_config.max_new_tokens` (HF generate; `trainer.generation_kwargs`
   overrides the model's own generation config), from `trainer.vllm_generation.max_completion_length` (vLLM, read on
   every call), and from `trainer.max_completion_length` (the tool-calling loop's budget).
+- `trainer._tokenizer` is the text tokenizer (the processing class itself, or a processor's tokenizer), with the pad
+  token TRL defaults to EOS.
 - `trainer._metrics[mode]` is the dict of lists that `DistillationTrainer.log` averages and logs.
 """
 
@@ -76,3 +78,9 @@ def cap_rollout_length(trainer, max_new_tokens: int | None) -> Iterator[None]:
 def metrics(trainer, mode: str) -> dict[str, list[float]]:
     """The per-mode metric lists that `DistillationTrainer.log` averages and logs next to TRL's own."""
     return trainer._metrics[mode]
+
+
+def tokenizer_of(trainer):
+    """The text tokenizer TRL resolved from `processing_class` (a processor's `.tokenizer` for vision-language
+    models)."""
+    return trainer._tokenizer

@@ -1,4 +1,6 @@
-"""`trl-esr` console command: `trl-esr demo|train|suggest-k ...`. Each subcommand forwards its arguments to its module's `main`."""
+"""`trl-esr` console command: `trl-esr demo|train|suggest-k ...`.
+
+Each subcommand forwards its arguments to its module's `main`."""
 
 import sys
 

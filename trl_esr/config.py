@@ -49,6 +49,16 @@ class ESRConfig(DistillationConfig):
             paper). `"token"`: the sum over all trained tokens divided by their count across the gradient-accumulation
             window and processes (TRL's reduction).
 
+        > Parameters that keep a run's progress safe
+
+        max_consecutive_nonfinite_steps (`int`, *optional*, defaults to `10`):
+            An optimizer step whose loss or gradients are NaN/inf is always skipped (weights and optimizer state
+            unchanged, counted in `esr/nonfinite_steps`). After this many skipped steps in a row, the last finite
+            weights are checkpointed and training stops with an error. `0` never stops.
+        save_on_interrupt (`bool`, *optional*, defaults to `True`):
+            On SIGINT/SIGTERM, finish the current step, write a checkpoint and stop, instead of losing the progress
+            since the last save.
+
     > [!NOTE]
     > These parameters have default values different from [`~trl.DistillationConfig`], following the paper:
     > - `temperature`: `0.7` instead of `1.0` (sampling only; the loss uses `loss_temperature`).
@@ -120,6 +130,23 @@ class ESRConfig(DistillationConfig):
         },
     )
 
+    # Parameters that keep a run's progress safe
+    max_consecutive_nonfinite_steps: int = field(
+        default=10,
+        metadata={
+            "help": "A step whose loss or gradients are NaN/inf is always skipped (weights unchanged, counted in "
+            "`esr/nonfinite_steps`). After this many in a row, the last finite weights are checkpointed and training "
+            "stops with an error. 0 never stops."
+        },
+    )
+    save_on_interrupt: bool = field(
+        default=True,
+        metadata={
+            "help": "On SIGINT/SIGTERM, finish the current step, write a checkpoint and stop, instead of losing the "
+            "progress since the last save."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         # YAML gives `null`, the command line gives the string "None": both disable ESR.
@@ -154,6 +181,11 @@ class ESRConfig(DistillationConfig):
                     f"`esr_k_start` ({self.esr_k_start}) is larger than `esr_k` ({self.esr_k}); the linear schedule "
                     "grows k from `esr_k_start` up to `esr_k`. Set `esr_k_start` <= `esr_k`."
                 )
+        if isinstance(self.max_consecutive_nonfinite_steps, bool) or self.max_consecutive_nonfinite_steps < 0:
+            raise ValueError(
+                f"`max_consecutive_nonfinite_steps` must be an int >= 0 (0 = never stop), got "
+                f"{self.max_consecutive_nonfinite_steps!r}."
+            )
         if not self.loss_temperature > 0:
             raise ValueError(f"`loss_temperature` must be > 0, got {self.loss_temperature}. The paper uses 1.0.")
 

@@ -7,8 +7,10 @@ import torch
 from trl import DistillationTrainer
 from trl.trainer.utils import get_config_model_id
 
-from ._trl_compat import LOSS_MASK_KEY, cap_rollout_length, metrics, replace_divergence_loss
+from . import validation
+from ._trl_compat import LOSS_MASK_KEY, cap_rollout_length, metrics, replace_divergence_loss, tokenizer_of
 from .config import ESRConfig
+from .guards import CheckpointOnInterrupt, NonFiniteUpdateGuard
 from .loss import make_divergence_loss
 from .model_card import add_esr_details
 from .schedule import esr_k_at_step
@@ -31,6 +33,9 @@ class ESRDistillTrainer(DistillationTrainer):
     - `_compute_loss`: the divergence uses `loss_temperature` (not the sampling temperature) and the
       `loss_normalization` reduction.
     - `create_model_card`: TRL's card plus a section naming the teacher, k and the key hyperparameters.
+
+    It also checks the set-up before any model is loaded or step is run (`trl_esr.validation`), skips updates whose
+    gradients are not finite, and checkpoints on SIGINT/SIGTERM (`trl_esr.guards`).
 
     Everything else (model, PEFT and quantized loading, HF and vLLM generation, DeepSpeed/FSDP, logging,
     checkpointing, the constructor's arguments) is inherited unchanged.
@@ -65,7 +70,20 @@ class ESRDistillTrainer(DistillationTrainer):
             }"""),
     }
 
-    def __init__(self, model, teacher_model=None, args: ESRConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        teacher_model=None,
+        args: ESRConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+    ):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = ESRConfig(f"{model_name.split('/')[-1]}-ESR")
@@ -74,8 +92,33 @@ class ESRDistillTrainer(DistillationTrainer):
                 f"`args` must be an `ESRConfig`, got `{type(args).__name__}`. `ESRConfig` takes every field of "
                 "`DistillationConfig` plus the `esr_*` ones: build it with the same keyword arguments."
             )
-        super().__init__(model, teacher_model, args=args, **kwargs)
+        validation.check_dataset(train_dataset, args, num_processes=args.world_size)  # before loading any model
+        super().__init__(
+            model,
+            teacher_model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+        )
+        self._validate_loaded(train_dataset, teacher_model)
         self._divergence_loss = make_divergence_loss(args.loss_normalization, args.loss_temperature)
+        self.add_callback(NonFiniteUpdateGuard(self, args.max_consecutive_nonfinite_steps))
+        if args.save_on_interrupt:
+            self.add_callback(CheckpointOnInterrupt(self))
+
+    def _validate_loaded(self, train_dataset, teacher_model) -> None:
+        """The checks that need the tokenizer and the student's context window (see `trl_esr.validation`)."""
+        tokenizer = tokenizer_of(self)
+        validation.check_tokenizer(tokenizer, train_dataset)
+        context = self.model.config.get_text_config().max_position_embeddings
+        validation.check_prompt_lengths(tokenizer, train_dataset, self.args.max_completion_length, context)
+        validation.warn_if_teacher_renders_differently(tokenizer, teacher_model, train_dataset)
 
     def _generate_and_score_completions(self, inputs):
         if not self.model.training:  # evaluation generates up to `max_completion_length`

@@ -1,0 +1,128 @@
+"""Progress is never lost silently: non-finite updates are skipped, interrupts write a checkpoint, resume is exact."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from trl_esr import ESRDistillTrainer
+
+
+HERE = Path(__file__).parent
+
+
+class WeightsPerStep(TrainerCallback):
+    def __init__(self):
+        self.weights = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights[0] = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+def poison_teacher(trainer, calls_to_poison):
+    """Make the teacher's backbone return NaN hidden states on the given (0-based) forward calls."""
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        if calls["n"] - 1 in calls_to_poison:
+            output.last_hidden_state.fill_(float("nan"))
+        return output
+
+    trainer.teacher_model.base_model.register_forward_hook(hook)
+
+
+def make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=None):
+    return ESRDistillTrainer(
+        model=model_paths["student"], teacher_model=model_paths["teacher"], args=args, train_dataset=train_dataset,
+        processing_class=tokenizer, callbacks=callbacks,
+    )  # fmt: skip
+
+
+def test_nan_teacher_step_is_skipped_and_training_continues(model_paths, tokenizer, train_dataset, make_args):
+    recorder = WeightsPerStep()
+    args = make_args(max_steps=4, learning_rate=1e-2)
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=[recorder])
+    poison_teacher(trainer, calls_to_poison={1})  # the teacher forward of step 2
+    trainer.train()
+
+    w = recorder.weights
+    assert not torch.equal(w[0], w[1])
+    assert torch.equal(w[1], w[2])  # step 2 skipped: weights unchanged
+    assert not torch.equal(w[2], w[3]) and not torch.equal(w[3], w[4])  # training went on
+    assert torch.isfinite(w[4]).all()
+    assert [e["esr/nonfinite_steps"] for e in trainer.state.log_history if "loss" in e] == [0, 1, 1, 1]
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_with_a_checkpoint(
+    model_paths, tokenizer, train_dataset, make_args, tmp_path
+):
+    args = make_args(max_steps=5, max_consecutive_nonfinite_steps=2, output_dir=str(tmp_path / "nan"))
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    poison_teacher(trainer, calls_to_poison=set(range(100)))
+    with pytest.raises(RuntimeError, match=r"stopped at step 2: the last 2 steps had a non-finite"):
+        trainer.train()
+    assert (tmp_path / "nan" / "checkpoint-2" / "model.safetensors").is_file()
+    assert all(torch.equal(p, initial[n]) for n, p in trainer.model.named_parameters())
+
+
+def test_sigint_checkpoints_then_raises(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+    class SigintAtStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    args = make_args(max_steps=5, output_dir=str(tmp_path / "int"))
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=[SigintAtStep2()])
+    with pytest.raises(KeyboardInterrupt, match="Interrupted at step 2; checkpoint saved"):
+        trainer.train()
+    assert trainer.state.global_step == 2
+    assert (tmp_path / "int" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
+
+
+def test_interrupt_off(model_paths, tokenizer, train_dataset, make_args):
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, make_args(save_on_interrupt=False))
+    assert not any(type(c).__name__ == "CheckpointOnInterrupt" for c in trainer.callback_handler.callbacks)
+
+
+def test_sigterm_then_resume_matches_the_uninterrupted_run(model_paths, tmp_path):
+    models_dir = str(Path(model_paths["student"]).parent)
+
+    def run(mode, output_dir):
+        command = [sys.executable, str(HERE / "interrupt_worker.py"), models_dir, str(output_dir), mode]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    full, interrupted = run("full", tmp_path / "full"), run("interrupt", tmp_path / "run")
+    full_out, interrupted_out = full.communicate(timeout=300), interrupted.communicate(timeout=300)
+    assert full.returncode == 0, full_out[1][-3000:]
+    assert interrupted.returncode == 128 + signal.SIGTERM, interrupted_out[1][-3000:]
+    assert "Interrupted at step 3; checkpoint saved" in interrupted_out[1]
+    assert (tmp_path / "run" / "checkpoint-3").is_dir()
+    resumed = run("resume", tmp_path / "run")
+    resumed_out = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, resumed_out[1][-3000:]
+
+    full_log = json.loads((tmp_path / "full" / "full.json").read_text())
+    before = json.loads((tmp_path / "run" / "interrupt.json").read_text())
+    after = json.loads((tmp_path / "run" / "resume.json").read_text())  # its history starts with the checkpoint's
+    assert sorted(before, key=int) == ["1", "2", "3"] and sorted(after, key=int) == ["1", "2", "3", "4", "5", "6"]
+    after = {step: entry for step, entry in after.items() if int(step) > 3}
+    stitched = {**before, **after}
+    assert [stitched[s]["k"] for s in sorted(stitched, key=int)] == [
+        full_log[s]["k"] for s in sorted(full_log, key=int)
+    ]
+    for step, entry in full_log.items():  # tolerance: float32 round-off of the resumed optimizer state
+        assert stitched[step]["loss"] == pytest.approx(entry["loss"], rel=1e-5), step

@@ -1,0 +1,86 @@
+"""Every bad set-up in docs/reliability.md fails when the trainer is built, with an error naming the problem and fix."""
+
+import copy
+import logging
+
+import pytest
+from datasets import Dataset
+
+from trl_esr import ESRDistillTrainer
+from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
+
+
+def build(model_paths, tokenizer, dataset, args, teacher=None):
+    return ESRDistillTrainer(
+        model=model_paths["student"],
+        teacher_model=teacher or model_paths["teacher"],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+
+
+def chat(text):
+    return [{"role": "user", "content": text}]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ({"question": ["w1 w2"] * 4}, r"no `prompt` column \(columns: \['question'\]\)"),
+        ({"messages": [chat("w1") + [{"role": "assistant", "content": "w2"}]] * 4}, r"has a `messages` column"),
+        ({"prompt": ["w1 w2", "   ", "w3", "w4"]}, r"Prompt 1 of the training dataset is empty"),
+        ({"prompt": [chat("w1"), [], chat("w2"), chat("w3")]}, r"Prompt 1 .* must be a non-empty string or"),
+        ({"prompt": [chat("w1"), [{"text": "w2"}], chat("w2"), chat("w3")]}, r"Prompt 1 .* malformed message"),
+        ({"prompt": [chat("w1"), chat(" "), chat("w2"), chat("w3")]}, r"Prompt 1 .* only empty messages"),
+        ({"prompt": [chat("w1")]}, r"has 1 prompts, fewer than one generation batch .* = 2\)"),
+    ],
+)
+def test_bad_datasets(rows, message, model_paths, tokenizer, make_args):
+    with pytest.raises(ValueError, match=message):
+        build(model_paths, tokenizer, Dataset.from_dict(rows), make_args())
+
+
+def test_chat_prompts_need_a_chat_template(model_paths, tokenizer, train_dataset, make_args):
+    no_template = copy.deepcopy(tokenizer)
+    no_template.chat_template = None
+    with pytest.raises(ValueError, match="has no chat template"):
+        build(model_paths, no_template, train_dataset, make_args())
+
+
+def test_tokenizer_needs_an_eos_token(model_paths, tokenizer, make_args):
+    no_eos = copy.deepcopy(tokenizer)
+    no_eos.eos_token = None
+    dataset = Dataset.from_dict({"prompt": ["w1 w2", "w3 w4"]})
+    with pytest.raises(ValueError, match="has no EOS token"):
+        build(model_paths, no_eos, dataset, make_args(generation_kwargs=None))
+
+
+def test_prompts_longer_than_the_context(model_paths, tokenizer, make_args):
+    long_prompt = " ".join(["w1"] * 500)  # + 24 completion tokens > the tiny student's 512 positions
+    dataset = Dataset.from_dict({"prompt": ["w1 w2", long_prompt, "w3"]})
+    with pytest.raises(ValueError, match=r"1 prompt\(s\) are too long: prompt 1 has 500 tokens.*context of 512"):
+        build(model_paths, tokenizer, dataset, make_args())
+
+
+def test_teacher_with_another_vocabulary(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+    other = build_word_tokenizer([f"x{i}" for i in range(100)])
+    teacher = save_pretrained(build_tiny_causal_lm(other, "llama"), other, tmp_path / "other")
+    with pytest.raises(ValueError, match="vocab_size"):
+        build(model_paths, tokenizer, train_dataset, make_args(), teacher=teacher)
+
+
+def test_teacher_chat_template_mismatch_warns(model_paths, tokenizer, train_dataset, make_args, tmp_path, caplog):
+    teacher_tokenizer = copy.deepcopy(tokenizer)
+    teacher_tokenizer.chat_template = teacher_tokenizer.chat_template.replace("<|assistant|>", "<|system|>")
+    teacher = build_tiny_causal_lm(teacher_tokenizer, "llama")
+    teacher_path = save_pretrained(teacher, teacher_tokenizer, tmp_path / "teacher")
+    with caplog.at_level(logging.WARNING, logger="trl_esr.validation"):
+        build(model_paths, tokenizer, train_dataset, make_args(), teacher=teacher_path)
+    assert "renders the first prompt differently" in caplog.text
+
+    caplog.clear()
+    same_template = save_pretrained(build_tiny_causal_lm(tokenizer, "llama"), tokenizer, tmp_path / "same")
+    with caplog.at_level(logging.WARNING, logger="trl_esr.validation"):
+        build(model_paths, tokenizer, train_dataset, make_args(), teacher=same_template)
+    assert "renders the first prompt differently" not in caplog.text

@@ -1,0 +1,110 @@
+"""Callbacks that keep a long run's progress safe: skip non-finite updates, checkpoint on SIGINT/SIGTERM.
+
+Both are added by `ESRDistillTrainer` (see `ESRConfig.max_consecutive_nonfinite_steps` and `save_on_interrupt`). Their
+decisions are agreed across processes, so every rank skips, saves and stops at the same step.
+"""
+
+import logging
+import os
+import signal
+import threading
+
+import torch
+from transformers import TrainerCallback
+
+from ._trl_compat import metrics
+
+
+logger = logging.getLogger(__name__)
+
+
+def _any_process(trainer, flag: bool) -> bool:
+    """True if `flag` is set on any process (a collective: every process must call it at the same point)."""
+    if trainer.accelerator.num_processes == 1:
+        return flag
+    flags = trainer.accelerator.gather(torch.tensor([float(flag)], device=trainer.accelerator.device))
+    return bool(flags.max().item())
+
+
+class NonFiniteUpdateGuard(TrainerCallback):
+    """Skip the optimizer update when any gradient is NaN/inf (a non-finite loss on any micro-batch or process).
+
+    The gradients are dropped (`grad = None`) right before `optimizer.step()`, which then leaves the weights *and* the
+    optimizer state untouched (an AdamW step on zero gradients would still move the weights through its momentum).
+    The learning-rate schedule still advances. The cumulative count is logged as `esr/nonfinite_steps`; after
+    `max_consecutive` skipped steps in a row the last finite weights are checkpointed and training stops with an error.
+    """
+
+    def __init__(self, trainer, max_consecutive: int):
+        self.trainer, self.max_consecutive = trainer, max_consecutive
+        self.skipped, self.consecutive = 0, 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        local_nonfinite = any(not torch.isfinite(g).all() for g in grads)
+        if not _any_process(self.trainer, local_nonfinite):
+            self.consecutive = 0
+            return
+        for param in model.parameters():
+            param.grad = None
+        self.skipped, self.consecutive = self.skipped + 1, self.consecutive + 1
+        logger.warning(
+            f"Step {state.global_step + 1}: non-finite loss or gradients, the update was skipped "
+            f"({self.consecutive} in a row, {self.skipped} in total)."
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        metrics(self.trainer, "train")["esr/nonfinite_steps"] = [float(self.skipped)]
+        if self.max_consecutive and self.consecutive >= self.max_consecutive:
+            control.should_save = control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.max_consecutive and self.consecutive >= self.max_consecutive:
+            raise RuntimeError(
+                f"Training stopped at step {state.global_step}: the last {self.consecutive} steps had a non-finite "
+                f"loss or gradients (limit `max_consecutive_nonfinite_steps={self.max_consecutive}`). The weights of "
+                f"the last finite step are in {os.path.join(args.output_dir, f'checkpoint-{state.global_step}')}. "
+                "Lower the learning rate, use bf16 rather than fp16, or check the teacher's outputs for NaNs."
+            )
+
+
+class CheckpointOnInterrupt(TrainerCallback):
+    """On SIGINT or SIGTERM, finish the current optimizer step, write a checkpoint, stop, and re-raise the interrupt.
+
+    A second signal while the checkpoint is being written falls through to Python's default handling, so a user who
+    presses Ctrl-C twice is not held hostage. Resume with `trainer.train(resume_from_checkpoint=True)`.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer):
+        self.trainer, self.received, self.stopped, self.previous = trainer, None, False, {}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        for sig, handler in self.previous.items():  # the next signal gets the default behaviour
+            signal.signal(sig, handler)
+        logger.warning(f"Received {signal.Signals(signum).name}: saving a checkpoint after the current step.")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _any_process(self.trainer, self.received is not None):
+            self.stopped = control.should_save = control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+        if not self.stopped:
+            return
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        message = f"Interrupted at step {state.global_step}; checkpoint saved to {checkpoint}. Resume with " \
+                  "`trainer.train(resume_from_checkpoint=True)` (or `--resume_from_checkpoint`)."  # fmt: skip
+        logger.warning(message)
+        signum = self.received or signal.SIGTERM  # another process may have been the one signalled
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt(message)
+        raise SystemExit(128 + signum)  # the conventional exit status of a process ended by a signal
