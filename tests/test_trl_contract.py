@@ -103,3 +103,20 @@ def test_metrics_dict_is_averaged_into_the_logs(trl_trainer):
     _trl_compat.metrics(trl_trainer, "train")["esr/probe"].extend([1.0, 3.0])
     trl_trainer.log({})
     assert trl_trainer.state.log_history[-1]["esr/probe"] == 2.0
+
+
+def test_compute_loss_runs_student_then_teacher_through_get_last_hidden_state(trl_trainer):
+    params = list(inspect.signature(DistillationTrainer._get_last_hidden_state).parameters)
+    assert params[:5] == ["self", "unwrapped_model", "input_ids", "attention_mask", "logits_to_keep"]
+    calls, original = [], trl_trainer._get_last_hidden_state
+
+    def recording(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        calls.append((unwrapped_model, input_ids.shape, logits_to_keep))
+        return original(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    trl_trainer._get_last_hidden_state = recording
+    trl_trainer.model.eval()
+    trl_trainer.compute_loss(trl_trainer.model, batch_with_loss_mask())
+    teacher = trl_trainer.accelerator.unwrap_model(trl_trainer.teacher_model)
+    assert [call[0] for call in calls] == [trl_trainer.accelerator.unwrap_model(trl_trainer.model), teacher]
+    assert calls[0][1:] == calls[1][1:] == (torch.Size([2, 7]), 4)  # same input ids; the completion is last

@@ -11,6 +11,9 @@ What we rely on:
   normaliser that `compute_loss` divides by the process count.
 - `DistillationTrainer._compute_loss(unwrapped_student, inputs, num_items_in_batch)` computes the divergence by calling
   the module-level `_chunked_divergence_loss`, which it looks up at call time.
+- `DistillationTrainer._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, **mm)` runs
+  a backbone and returns the hidden states of the last `logits_to_keep` positions; `_compute_loss` calls it for the
+  student, then (through `_forward_redirection`) for the unwrapped teacher, with the same `input_ids`.
 - Rollout length is read from `trainer.generation_config.max_new_tokens` (HF generate; `trainer.generation_kwargs`
   overrides the model's own generation config), from `trainer.vllm_generation.max_completion_length` (vLLM, read on
   every call), and from `trainer.max_completion_length` (the tool-calling loop's budget).

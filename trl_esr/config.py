@@ -49,6 +49,16 @@ class ESRConfig(DistillationConfig):
             paper). `"token"`: the sum over all trained tokens divided by their count across the gradient-accumulation
             window and processes (TRL's reduction).
 
+        > Parameters that control the teacher's view of the prompt
+
+        teacher_chat_template (`str`, *optional*):
+            How the teacher sees each chat prompt. `None` (default): exactly as the student does. `"teacher"`: rendered
+            with the teacher tokenizer's own chat template. Any other string: a Jinja chat template. The response
+            tokens are shared either way, so the pair must share a vocabulary.
+        teacher_chat_template_kwargs (`dict[str, Any]`, *optional*):
+            Extra keyword arguments for rendering the teacher's prompt, e.g. `{"enable_thinking": false}` for a Qwen3
+            teacher in non-thinking mode (the paper's main setup). Alone, it renders with the student's template.
+
         > Parameters that keep a run's progress safe
 
         max_consecutive_nonfinite_steps (`int`, *optional*, defaults to `10`):
@@ -64,6 +74,8 @@ class ESRConfig(DistillationConfig):
     > - `temperature`: `0.7` instead of `1.0` (sampling only; the loss uses `loss_temperature`).
     > - `top_p`: `0.95` instead of `1.0`.
     """
+
+    _VALID_DICT_FIELDS = DistillationConfig._VALID_DICT_FIELDS + ["teacher_chat_template_kwargs"]
 
     # Sampling defaults of the paper (Section "Method"): T = 0.7, top-p = 0.95.
     temperature: float = field(
@@ -127,6 +139,23 @@ class ESRConfig(DistillationConfig):
             "'token': sum over trained tokens divided by their count across the accumulation window and processes "
             "(TRL's reduction).",
             "choices": list(_NORMALIZATIONS),
+        },
+    )
+
+    # Parameters that control the teacher's view of the prompt
+    teacher_chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the teacher sees each chat prompt. None: as the student does. 'teacher': rendered with the "
+            "teacher tokenizer's own chat template. Any other string: a Jinja chat template. Response tokens are "
+            "shared, so the pair must share a vocabulary."
+        },
+    )
+    teacher_chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Extra keyword arguments for rendering the teacher's prompt, e.g. '{\"enable_thinking\": false}' "
+            "for a Qwen3 teacher in non-thinking mode (the paper's setup). Alone, it uses the student's template."
         },
     )
 

@@ -14,6 +14,7 @@ from .guards import CheckpointOnInterrupt, NonFiniteUpdateGuard
 from .loss import make_divergence_loss
 from .model_card import add_esr_details
 from .schedule import esr_k_at_step
+from .teacher_view import TeacherPromptRenderer, teacher_inputs
 
 
 class ESRDistillTrainer(DistillationTrainer):
@@ -32,6 +33,8 @@ class ESRDistillTrainer(DistillationTrainer):
       (tokens or rollouts, per `loss_normalization`); `esr/*` metrics are logged. Evaluation is not capped.
     - `_compute_loss`: the divergence uses `loss_temperature` (not the sampling temperature) and the
       `loss_normalization` reduction.
+    - `_get_last_hidden_state`: with `teacher_chat_template` / `teacher_chat_template_kwargs`, the teacher's forward
+      pass sees its own rendering of the prompt before the shared response tokens (off by default).
     - `create_model_card`: TRL's card plus a section naming the teacher, k and the key hyperparameters.
 
     It also checks the set-up before any model is loaded or step is run (`trl_esr.validation`), skips updates whose
@@ -107,6 +110,11 @@ class ESRDistillTrainer(DistillationTrainer):
             tools=tools,
         )
         self._validate_loaded(train_dataset, teacher_model)
+        teacher_name = teacher_model if isinstance(teacher_model, str) else get_config_model_id(teacher_model.config)
+        self._teacher_renderer = TeacherPromptRenderer.from_config(
+            args, tokenizer_of(self), teacher_name, train_dataset
+        )
+        self._teacher_prompt = None  # set by `_compute_loss` for `_get_last_hidden_state`
         self._divergence_loss = make_divergence_loss(args.loss_normalization, args.loss_temperature)
         self.add_callback(NonFiniteUpdateGuard(self, args.max_consecutive_nonfinite_steps))
         if args.save_on_interrupt:
@@ -121,12 +129,18 @@ class ESRDistillTrainer(DistillationTrainer):
         validation.warn_if_teacher_renders_differently(tokenizer, teacher_model, train_dataset)
 
     def _generate_and_score_completions(self, inputs):
-        if not self.model.training:  # evaluation generates up to `max_completion_length`
-            return super()._generate_and_score_completions(inputs)
-        k = esr_k_at_step(self.args, self.state.global_step)
-        with cap_rollout_length(self, k if self.args.esr_mode == "stop" else None):
+        if self.model.training:
+            k = esr_k_at_step(self.args, self.state.global_step)
+            with cap_rollout_length(self, k if self.args.esr_mode == "stop" else None):
+                batch = self._train_first_k_tokens(super()._generate_and_score_completions(inputs), k)
+        else:  # evaluation generates up to `max_completion_length`
             batch = super()._generate_and_score_completions(inputs)
-        return self._train_first_k_tokens(batch, k)
+        if self._teacher_renderer is not None:
+            prompts = [example["prompt"] for example in inputs]
+            batch["teacher_prompt_ids"], batch["teacher_prompt_mask"] = self._teacher_renderer(
+                prompts, self.accelerator.device
+            )
+        return batch
 
     def _train_first_k_tokens(self, batch: dict, k: int | None) -> dict:
         """Restrict the loss to each rollout's first k tokens, set the loss normaliser to what is actually trained
@@ -163,8 +177,19 @@ class ESRDistillTrainer(DistillationTrainer):
         return batch
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
-        with replace_divergence_loss(self._divergence_loss):
-            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+        if "teacher_prompt_ids" in inputs:
+            self._teacher_prompt = (inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"])
+        try:
+            with replace_divergence_loss(self._divergence_loss):
+                return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+        finally:
+            self._teacher_prompt = None
+
+    def _get_last_hidden_state(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        # With a teacher view, the teacher's forward pass gets its own prompt before the shared completion.
+        if self._teacher_prompt is not None and unwrapped_model is self.accelerator.unwrap_model(self.teacher_model):
+            input_ids, attention_mask = teacher_inputs(self._teacher_prompt, input_ids, attention_mask, logits_to_keep)
+        return super()._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)

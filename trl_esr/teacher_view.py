@@ -1,0 +1,82 @@
+"""The teacher's view of the prompt: the same response tokens, after a prompt rendered the teacher's way.
+
+A pair can disagree on how a conversation is shown to the model. In the paper's main setup the Qwen3 teacher runs in
+non-thinking mode, so it sees the empty `<think>\\n\\n</think>\\n\\n` block before the response that the Qwen2.5-Math
+student never writes. Scoring the student's rendering would ask the teacher about text it never produces. With
+`ESRConfig.teacher_chat_template` (and/or `teacher_chat_template_kwargs`) the teacher's forward pass gets its own
+rendering of the prompt; the response tokens, and so the positions the KL compares, are shared.
+"""
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from trl.trainer.utils import pad
+
+
+TEACHER_TEMPLATE = "teacher"  # `ESRConfig.teacher_chat_template` value: use the teacher tokenizer's own template
+_PLAIN_TEXT_PROMPTS = (
+    "`teacher_chat_template` / `teacher_chat_template_kwargs` apply to chat prompts (lists of messages), but the "
+    "prompts are plain text. Unset them, or give chat prompts."
+)
+
+
+class TeacherPromptRenderer:
+    """Render chat prompts for the teacher: `tokenizer`'s chat template (or `chat_template`) plus `template_kwargs`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, chat_template: str | None, template_kwargs: dict | None):
+        self.tokenizer, self.chat_template, self.template_kwargs = tokenizer, chat_template, template_kwargs or {}
+
+    @classmethod
+    def from_config(cls, args, student_tokenizer, teacher_name_or_path: str | None, train_dataset=None):
+        """The renderer `args` asks for, or `None` when the teacher sees the student's rendering (the default)."""
+        if args.teacher_chat_template is None and args.teacher_chat_template_kwargs is None:
+            return None
+        if train_dataset is not None and not isinstance(next(iter(train_dataset))["prompt"], list):
+            raise ValueError(_PLAIN_TEXT_PROMPTS)
+        if args.teacher_chat_template != TEACHER_TEMPLATE:  # the student's tokenizer, with a template of the user's
+            return cls(student_tokenizer, args.teacher_chat_template, args.teacher_chat_template_kwargs)
+        if teacher_name_or_path is None:
+            raise ValueError(
+                "`teacher_chat_template='teacher'` needs the teacher's tokenizer, but the teacher has no name or path "
+                "to load it from. Pass the template itself as `teacher_chat_template`."
+            )
+        teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_name_or_path)
+        if teacher_tokenizer.chat_template is None:
+            raise ValueError(
+                f"`teacher_chat_template='teacher'`, but the tokenizer of `{teacher_name_or_path}` has no chat "
+                "template. Pass the template itself as `teacher_chat_template`."
+            )
+        return cls(teacher_tokenizer, None, args.teacher_chat_template_kwargs)
+
+    def __call__(self, prompts: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded `(ids, mask)` of shape (B, P_teacher) for a batch of chat prompts."""
+        if not isinstance(prompts[0], list):
+            raise ValueError(_PLAIN_TEXT_PROMPTS)
+        ids = self.tokenizer.apply_chat_template(
+            prompts,
+            chat_template=self.chat_template,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            **self.template_kwargs,
+        )["input_ids"]
+        rows = [torch.tensor(row) for row in ids]
+        padded = pad(rows, padding_value=self.tokenizer.pad_token_id or 0, padding_side="left")
+        mask = pad([torch.ones_like(row) for row in rows], padding_value=0, padding_side="left")
+        return padded.to(device), mask.to(device)
+
+
+def teacher_inputs(
+    teacher_prompt: tuple[torch.Tensor, torch.Tensor],
+    input_ids: torch.Tensor,  # (B, P + C): the student's prompt, then the completion
+    attention_mask: torch.Tensor,  # (B, P + C)
+    completion_length: int,  # C
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's `(input_ids, attention_mask)`, (B, P_teacher + C): its own prompt, then the shared completion.
+
+    The completion stays last, so the last C hidden states line up with the student's, position by position.
+    """
+    prompt_ids, prompt_mask = teacher_prompt
+    return (
+        torch.cat([prompt_ids, input_ids[:, -completion_length:]], dim=1),
+        torch.cat([prompt_mask, attention_mask[:, -completion_length:]], dim=1),
+    )
