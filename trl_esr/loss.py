@@ -63,8 +63,9 @@ def make_divergence_loss(normalization: str, loss_temperature: float) -> Callabl
                 **logit_kwargs,
             )
 
-        # "sequence": one kernel call per rollout, each normalised by its own token count times the rollout count.
-        # Under FSDP2 the heads are DTensors; gather them once here rather than once per rollout inside the kernel.
+        # "sequence": rollouts with the same number n of trained tokens share the weight 1 / (n * N_seqs), so one
+        # kernel call per distinct n is exact. Under ESR most rollouts reach k, so that is usually one or two calls.
+        # Under FSDP2 the heads are DTensors; gather them once here rather than once per call inside the kernel.
         student_lm_head_weight, student_lm_head_bias = _full_tensor(
             student_lm_head_weight, student_lm_head_bias, student_hidden_states.dtype
         )
@@ -75,22 +76,22 @@ def make_divergence_loss(normalization: str, loss_temperature: float) -> Callabl
         if num_items_in_batch is None:
             num_items_in_batch = (tokens_per_rollout > 0).sum().clamp(min=1)
         loss, entropy_sum, num_valid = 0.0, 0.0, 0
-        for b in range(completion_mask.size(0)):
+        for n in tokens_per_rollout.unique():
+            rows = tokens_per_rollout == n  # (B,)
             # A rollout with no trained token contributes an exact (graph-connected) zero.
-            normaliser = tokens_per_rollout[b].clamp(min=1) * num_items_in_batch
-            row_loss, row_entropy, row_valid = chunked_divergence_loss(
-                student_hidden_states[b : b + 1],
-                teacher_hidden_states[b : b + 1],
+            group_loss, group_entropy, group_valid = chunked_divergence_loss(
+                student_hidden_states[rows],
+                teacher_hidden_states[rows],
                 student_lm_head_weight,
                 teacher_lm_head_weight,
-                completion_mask[b : b + 1],
+                completion_mask[rows],
                 beta,
-                num_items_in_batch=normaliser,
+                num_items_in_batch=n.clamp(min=1) * num_items_in_batch,
                 student_lm_head_bias=student_lm_head_bias,
                 teacher_lm_head_bias=teacher_lm_head_bias,
                 **logit_kwargs,
             )
-            loss, entropy_sum, num_valid = loss + row_loss, entropy_sum + row_entropy, num_valid + row_valid
+            loss, entropy_sum, num_valid = loss + group_loss, entropy_sum + group_entropy, num_valid + group_valid
         return loss, entropy_sum, num_valid
 
     return divergence_loss
