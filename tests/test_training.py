@@ -34,7 +34,9 @@ def test_perturbed_teacher_moves_student_and_never_itself(model_paths, tokenizer
             param.add_(0.5 * torch.randn_like(param))
     teacher_path = save_pretrained(teacher, tokenizer, tmp_path / "perturbed")
     args = make_args(max_steps=3, learning_rate=1e-2)
-    trainer = make_trainer(model_paths["student"], teacher_path, tokenizer, train_dataset, args)
+    # a saved Qwen2 folder would load as `Qwen2Tokenizer`, which breaks the word-level test tokenizer
+    trainer = make_trainer(model_paths["student"], teacher_path, tokenizer, train_dataset, args,
+                           teacher_processing_class=tokenizer)  # fmt: skip
     student_before, teacher_before = trainable_snapshot(trainer.model), all_snapshot(trainer.teacher_model)
     trainer.train()
 

@@ -63,11 +63,11 @@ def test_prompts_longer_than_the_context(model_paths, tokenizer, make_args):
         build(model_paths, tokenizer, dataset, make_args())
 
 
-def test_teacher_with_another_vocabulary(model_paths, tokenizer, train_dataset, make_args, tmp_path):
-    other = build_word_tokenizer([f"x{i}" for i in range(100)])
+def test_teacher_sharing_too_little_vocabulary(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+    other = build_word_tokenizer([f"x{i}" for i in range(100)])  # shares only the special tokens and chat markers with the student's
     teacher = save_pretrained(build_tiny_causal_lm(other, "llama"), other, tmp_path / "other")
-    with pytest.raises(ValueError, match="vocab_size"):
-        build(model_paths, tokenizer, train_dataset, make_args(), teacher=teacher)
+    with pytest.raises(ValueError, match=r"`.*other` share only 13\.0% of the student's vocabulary .* 20%"):
+        build(model_paths, tokenizer, train_dataset, make_args(min_shared_vocab_fraction=0.2), teacher=teacher)
 
 
 def test_teacher_chat_template_mismatch_warns(model_paths, tokenizer, train_dataset, make_args, tmp_path, caplog):

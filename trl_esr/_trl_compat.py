@@ -19,13 +19,19 @@ What we rely on:
   every call), and from `trainer.max_completion_length` (the tool-calling loop's budget).
 - `trainer._tokenizer` is the text tokenizer (the processing class itself, or a processor's tokenizer), with the pad
   token TRL defaults to EOS.
+- For a teacher TRL would refuse (another head size), `load_teacher` / `prepare_teacher` repeat what
+  `DistillationTrainer.__init__` does with a teacher: `create_model_from_path` with `teacher_model_init_kwargs`, then
+  `prepare_deepspeed` or `accelerator.prepare_model(evaluation_mode=True)`.
 - `trainer._metrics[mode]` is the dict of lists that `DistillationTrainer.log` averages and logs.
 """
 
 import contextlib
 from collections.abc import Callable, Iterator
 
+import torch
+from trl.models import prepare_deepspeed
 from trl.trainer import distillation_trainer as _distillation_module
+from trl.trainer.utils import create_model_from_path
 
 
 # TRL multiplies `completion_mask` by `inputs["tool_mask"]` to decide which completion tokens are trained (it masks
@@ -87,3 +93,25 @@ def tokenizer_of(trainer):
     """The text tokenizer TRL resolved from `processing_class` (a processor's `.tokenizer` for vision-language
     models)."""
     return trainer._tokenizer
+
+
+def load_teacher(args, teacher_model):
+    """Load a teacher given by name or path as `DistillationTrainer.__init__` does; an instance is returned as is."""
+    if not isinstance(teacher_model, str):
+        return teacher_model
+    kwargs = dict(args.teacher_model_init_kwargs or {})
+    dtype = kwargs.get("dtype")
+    kwargs["dtype"] = dtype if dtype in ["auto", None] else getattr(torch, dtype)
+    if args.teacher_model_revision is not None:
+        kwargs.setdefault("revision", args.teacher_model_revision)
+    if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+        kwargs["device_map"] = None  # distributed training requires device_map=None
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    return create_model_from_path(teacher_model, **kwargs)
+
+
+def prepare_teacher(trainer, teacher_model):
+    """Wrap the teacher for DeepSpeed or place it with accelerate, as `DistillationTrainer.__init__` does."""
+    if trainer.is_deepspeed_enabled:
+        return prepare_deepspeed(teacher_model, trainer.accelerator)
+    return trainer.accelerator.prepare_model(teacher_model, evaluation_mode=True)

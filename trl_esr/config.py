@@ -49,6 +49,16 @@ class ESRConfig(DistillationConfig):
             paper). `"token"`: the sum over all trained tokens divided by their count across the gradient-accumulation
             window and processes (TRL's reduction).
 
+        > Parameters that control the training-time diagnostics
+
+        esr_diagnostics_steps (`int`, *optional*, defaults to `200`):
+            Every this many optimizer steps, sample `esr_diagnostics_num_rollouts` full-length student rollouts from a
+            fixed prompt set and log `esr/kl_within_k` and `esr/kl_beyond_k`, the mean reverse KL to the teacher
+            before and after k: whether what ESR teaches early carries over to the rest of a response. `0` turns it
+            off. One measurement costs about 15 ESR steps on the project's CPU (see `docs/choosing-k.md`).
+        esr_diagnostics_num_rollouts (`int`, *optional*, defaults to `8`):
+            Rollouts per diagnostics measurement.
+
         > Parameters that control the teacher's view of the prompt
 
         teacher_chat_template (`str`, *optional*):
@@ -58,6 +68,18 @@ class ESRConfig(DistillationConfig):
         teacher_chat_template_kwargs (`dict[str, Any]`, *optional*):
             Extra keyword arguments for rendering the teacher's prompt, e.g. `{"enable_thinking": false}` for a Qwen3
             teacher in non-thinking mode (the paper's main setup). Alone, it renders with the student's template.
+
+        > Parameters that control teachers with another tokenizer
+
+        teacher_tokenizer_name_or_path (`str`, *optional*):
+            Where to load the teacher's tokenizer from; by default, the teacher's own path. It decides whether the
+            pair needs cross-tokenizer alignment (see `docs/cross-family.md`).
+        tokenizer_alignment (`str`, *optional*, defaults to `"auto"`):
+            `"auto"`: align by character offsets only when the tokenizers differ. `"always"`: use the aligned path
+            even for identical tokenizers (a consistency check: it must give the fast path's loss).
+        min_shared_vocab_fraction (`float`, *optional*, defaults to `0.1`):
+            For a pair with different tokenizers, the smallest share of the student's vocabulary that both must share
+            (tokens that add the same text); below it the trainer refuses the pair.
 
         > Parameters that keep a run's progress safe
 
@@ -142,6 +164,19 @@ class ESRConfig(DistillationConfig):
         },
     )
 
+    # Parameters that control the training-time diagnostics
+    esr_diagnostics_steps: int = field(
+        default=200,
+        metadata={
+            "help": "Every this many optimizer steps, log `esr/kl_within_k` and `esr/kl_beyond_k` (mean reverse KL to "
+            "the teacher before and after k) on full-length rollouts from a fixed prompt set. 0 turns it off."
+        },
+    )
+    esr_diagnostics_num_rollouts: int = field(
+        default=8,
+        metadata={"help": "Rollouts per diagnostics measurement."},
+    )
+
     # Parameters that control the teacher's view of the prompt
     teacher_chat_template: str | None = field(
         default=None,
@@ -156,6 +191,27 @@ class ESRConfig(DistillationConfig):
         metadata={
             "help": "Extra keyword arguments for rendering the teacher's prompt, e.g. '{\"enable_thinking\": false}' "
             "for a Qwen3 teacher in non-thinking mode (the paper's setup). Alone, it uses the student's template."
+        },
+    )
+
+    # Parameters that control teachers with another tokenizer
+    teacher_tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Where to load the teacher's tokenizer from; by default, the teacher's own path."},
+    )
+    tokenizer_alignment: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto': align teacher and student by character offsets only when their tokenizers differ. "
+            "'always': use the aligned path even for identical tokenizers (a consistency check).",
+            "choices": ["auto", "always"],
+        },
+    )
+    min_shared_vocab_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "For a pair with different tokenizers, the smallest share of the student's vocabulary both must "
+            "share (tokens that add the same text); below it the trainer refuses the pair."
         },
     )
 
@@ -192,6 +248,12 @@ class ESRConfig(DistillationConfig):
         _require_choice("esr_k_schedule", self.esr_k_schedule, _SCHEDULES)
         _require_choice("esr_mode", self.esr_mode, _MODES)
         _require_choice("loss_normalization", self.loss_normalization, _NORMALIZATIONS)
+        _require_choice("tokenizer_alignment", self.tokenizer_alignment, ("auto", "always"))
+        if self.esr_diagnostics_steps < 0:
+            raise ValueError(f"`esr_diagnostics_steps` must be >= 0 (0 = off), got {self.esr_diagnostics_steps}.")
+        _require_positive_int("esr_diagnostics_num_rollouts", self.esr_diagnostics_num_rollouts, "")
+        if not 0.0 <= self.min_shared_vocab_fraction <= 1.0:
+            raise ValueError(f"`min_shared_vocab_fraction` must be in [0, 1], got {self.min_shared_vocab_fraction}.")
         _require_positive_int("esr_k_start", self.esr_k_start, "")
         if isinstance(self.esr_k_warmup_steps, bool) or not isinstance(self.esr_k_warmup_steps, int):
             raise ValueError(f"`esr_k_warmup_steps` must be an int >= 0, got {self.esr_k_warmup_steps!r}.")

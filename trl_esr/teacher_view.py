@@ -8,7 +8,7 @@ rendering of the prompt; the response tokens, and so the positions the KL compar
 """
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import pad
 
 
@@ -26,39 +26,45 @@ class TeacherPromptRenderer:
         self.tokenizer, self.chat_template, self.template_kwargs = tokenizer, chat_template, template_kwargs or {}
 
     @classmethod
-    def from_config(cls, args, student_tokenizer, teacher_name_or_path: str | None, train_dataset=None):
-        """The renderer `args` asks for, or `None` when the teacher sees the student's rendering (the default)."""
-        if args.teacher_chat_template is None and args.teacher_chat_template_kwargs is None:
+    def from_config(cls, args, pairing, student_tokenizer, train_dataset=None):
+        """The renderer `args` and the tokenizer pairing ask for, or `None` when the teacher sees the student's
+        rendering (the default for a teacher with the student's tokenizer). A teacher with another tokenizer always
+        gets its own rendering: by default its own chat template."""
+        aligned = pairing.mode == "aligned"
+        template, kwargs = args.teacher_chat_template, args.teacher_chat_template_kwargs
+        if not aligned and template is None and kwargs is None:
             return None
-        if train_dataset is not None and not isinstance(next(iter(train_dataset))["prompt"], list):
+        chat_prompts = train_dataset is None or isinstance(next(iter(train_dataset))["prompt"], list)
+        if not aligned and not chat_prompts:
             raise ValueError(_PLAIN_TEXT_PROMPTS)
-        if args.teacher_chat_template != TEACHER_TEMPLATE:  # the student's tokenizer, with a template of the user's
-            return cls(student_tokenizer, args.teacher_chat_template, args.teacher_chat_template_kwargs)
-        if teacher_name_or_path is None:
+        if template != TEACHER_TEMPLATE and not (aligned and template is None):  # a template of the user's
+            return cls(pairing.teacher_tokenizer if aligned else student_tokenizer, template, kwargs)
+        teacher_tokenizer = pairing.teacher_tokenizer
+        if teacher_tokenizer is None:
             raise ValueError(
-                "`teacher_chat_template='teacher'` needs the teacher's tokenizer, but the teacher has no name or path "
-                "to load it from. Pass the template itself as `teacher_chat_template`."
+                "`teacher_chat_template='teacher'` needs the teacher's tokenizer, which could not be loaded. Set "
+                "`teacher_tokenizer_name_or_path`, or pass the template itself as `teacher_chat_template`."
             )
-        teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_name_or_path)
-        if teacher_tokenizer.chat_template is None:
+        if chat_prompts and teacher_tokenizer.chat_template is None:
             raise ValueError(
-                f"`teacher_chat_template='teacher'`, but the tokenizer of `{teacher_name_or_path}` has no chat "
-                "template. Pass the template itself as `teacher_chat_template`."
+                f"The teacher's tokenizer `{teacher_tokenizer.name_or_path}` has no chat template to render the chat "
+                "prompts with. Pass one as `teacher_chat_template`."
             )
-        return cls(teacher_tokenizer, None, args.teacher_chat_template_kwargs)
+        return cls(teacher_tokenizer, None, kwargs)
 
     def __call__(self, prompts: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded `(ids, mask)` of shape (B, P_teacher) for a batch of chat prompts."""
-        if not isinstance(prompts[0], list):
-            raise ValueError(_PLAIN_TEXT_PROMPTS)
-        ids = self.tokenizer.apply_chat_template(
-            prompts,
-            chat_template=self.chat_template,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            **self.template_kwargs,
-        )["input_ids"]
+        """Left-padded `(ids, mask)` of shape (B, P_teacher) for a batch of prompts."""
+        if isinstance(prompts[0], list):
+            ids = self.tokenizer.apply_chat_template(
+                prompts,
+                chat_template=self.chat_template,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                **self.template_kwargs,
+            )["input_ids"]
+        else:  # plain text, for a teacher with another tokenizer (`from_config` refuses it otherwise)
+            ids = self.tokenizer(text=prompts)["input_ids"]
         rows = [torch.tensor(row) for row in ids]
         padded = pad(rows, padding_value=self.tokenizer.pad_token_id or 0, padding_side="left")
         mask = pad([torch.ones_like(row) for row in rows], padding_value=0, padding_side="left")

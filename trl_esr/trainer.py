@@ -1,20 +1,36 @@
 """`ESRDistillTrainer`: TRL's on-policy distillation with Early Stopping Rollout."""
 
+import logging
 import os
 import textwrap
 
 import torch
+from datasets import Dataset
 from trl import DistillationTrainer
 from trl.trainer.utils import get_config_model_id
 
 from . import validation
-from ._trl_compat import LOSS_MASK_KEY, cap_rollout_length, metrics, replace_divergence_loss, tokenizer_of
+from ._trl_compat import (
+    LOSS_MASK_KEY,
+    cap_rollout_length,
+    load_teacher,
+    metrics,
+    prepare_teacher,
+    replace_divergence_loss,
+    tokenizer_of,
+)
 from .config import ESRConfig
+from .cross_tokenizer import align_batch
+from .diagnostics import ESRDiagnosticsCallback
 from .guards import CheckpointOnInterrupt, NonFiniteUpdateGuard
-from .loss import make_divergence_loss
+from .loss import aligned_divergence_loss, logit_postprocessor, make_divergence_loss
 from .model_card import add_esr_details
+from .pairing import TokenizerPairing
 from .schedule import esr_k_at_step
 from .teacher_view import TeacherPromptRenderer, teacher_inputs
+
+
+logger = logging.getLogger(__name__)
 
 
 class ESRDistillTrainer(DistillationTrainer):
@@ -86,6 +102,7 @@ class ESRDistillTrainer(DistillationTrainer):
         quantization_config=None,
         peft_config=None,
         tools=None,
+        teacher_processing_class=None,
     ):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
@@ -96,29 +113,53 @@ class ESRDistillTrainer(DistillationTrainer):
                 "`DistillationConfig` plus the `esr_*` ones: build it with the same keyword arguments."
             )
         validation.check_dataset(train_dataset, args, num_processes=args.world_size)  # before loading any model
+        self._pairing = TokenizerPairing.detect(args, model, teacher_model, processing_class, teacher_processing_class)
+        own_teacher = load_teacher(args, teacher_model) if self._pairing.loads_teacher_itself else None
         super().__init__(
             model,
-            teacher_model,
+            teacher_model if own_teacher is None else None,  # TRL refuses a teacher with another head size
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
-            processing_class=processing_class,
+            processing_class=self._pairing.processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
             quantization_config=quantization_config,
             peft_config=peft_config,
             tools=tools,
         )
+        if own_teacher is not None:
+            self.teacher_model = prepare_teacher(self, own_teacher)
         self._validate_loaded(train_dataset, teacher_model)
-        teacher_name = teacher_model if isinstance(teacher_model, str) else get_config_model_id(teacher_model.config)
         self._teacher_renderer = TeacherPromptRenderer.from_config(
-            args, tokenizer_of(self), teacher_name, train_dataset
+            args, self._pairing, tokenizer_of(self), train_dataset
         )
         self._teacher_prompt = None  # set by `_compute_loss` for `_get_last_hidden_state`
-        self._divergence_loss = make_divergence_loss(args.loss_normalization, args.loss_temperature)
+        self._divergence_loss = make_divergence_loss(
+            args.loss_normalization, args.loss_temperature, vocab_size=self._pairing.vocab_size
+        )
         self.add_callback(NonFiniteUpdateGuard(self, args.max_consecutive_nonfinite_steps))
         if args.save_on_interrupt:
             self.add_callback(CheckpointOnInterrupt(self))
+        if args.esr_diagnostics_steps > 0:
+            self._add_diagnostics(args)
+
+    def _add_diagnostics(self, args) -> None:
+        """The `esr/kl_within_k` / `esr/kl_beyond_k` callback, where its full-vocabulary scoring applies."""
+        sharded = self.is_fsdp_enabled or (
+            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        )
+        if self._pairing.mode != "same" or sharded or not isinstance(self.train_dataset, Dataset):
+            reason = (
+                "the tokenizers differ"
+                if self._pairing.mode != "same"
+                else "the student is sharded"
+                if sharded
+                else "the training set is a stream"
+            )
+            logger.warning(f"ESR diagnostics (`esr_diagnostics_steps`) are off for this run: {reason}.")
+            return
+        self.add_callback(ESRDiagnosticsCallback(self, args.esr_diagnostics_steps, args.esr_diagnostics_num_rollouts))
 
     def _validate_loaded(self, train_dataset, teacher_model) -> None:
         """The checks that need the tokenizer and the student's context window (see `trl_esr.validation`)."""
@@ -129,28 +170,32 @@ class ESRDistillTrainer(DistillationTrainer):
         validation.warn_if_teacher_renders_differently(tokenizer, teacher_model, train_dataset)
 
     def _generate_and_score_completions(self, inputs):
-        if self.model.training:
-            k = esr_k_at_step(self.args, self.state.global_step)
-            with cap_rollout_length(self, k if self.args.esr_mode == "stop" else None):
-                batch = self._train_first_k_tokens(super()._generate_and_score_completions(inputs), k)
-        else:  # evaluation generates up to `max_completion_length`
-            batch = super()._generate_and_score_completions(inputs)
+        k = esr_k_at_step(self.args, self.state.global_step) if self.model.training else None
+        with cap_rollout_length(self, k if self.args.esr_mode == "stop" else None):
+            batch = super()._generate_and_score_completions(inputs)  # evaluation: up to `max_completion_length`
+        completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]  # (B, C)
+        if k is not None and completion_ids.size(1) > k:  # only "mask" mode generates past k
+            within_k = torch.arange(completion_ids.size(1), device=completion_ids.device) < k  # (C,)
+            batch[LOSS_MASK_KEY] = batch.get(LOSS_MASK_KEY, torch.ones_like(completion_mask)) * within_k
         if self._teacher_renderer is not None:
             prompts = [example["prompt"] for example in inputs]
             batch["teacher_prompt_ids"], batch["teacher_prompt_mask"] = self._teacher_renderer(
                 prompts, self.accelerator.device
             )
+        if self._pairing.mode == "aligned":  # train only positions the teacher's tokenization also has
+            loss_mask = completion_mask * batch.get(LOSS_MASK_KEY, 1)
+            batch.update(align_batch(tokenizer_of(self), self._pairing.teacher_tokenizer, completion_ids, loss_mask))
+            batch[LOSS_MASK_KEY] = (batch["teacher_positions"] >= 0).long()
+        if self.model.training:
+            self._count_trained(batch, k, loss_mask=completion_mask * batch.get(LOSS_MASK_KEY, 1))
         return batch
 
-    def _train_first_k_tokens(self, batch: dict, k: int | None) -> dict:
-        """Restrict the loss to each rollout's first k tokens, set the loss normaliser to what is actually trained
-        across the generation batch and processes, and log the `esr/*` metrics."""
+    def _count_trained(self, batch: dict, k: int | None, loss_mask: torch.Tensor) -> None:
+        """Set the loss normaliser to what is actually trained across the generation batch and processes, and log
+        the `esr/*` metrics."""
         completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]  # (B, C)
         horizon = k if k is not None else self.args.max_completion_length
         within_k = torch.arange(completion_ids.size(1), device=completion_ids.device) < horizon  # (C,)
-        if k is not None and completion_ids.size(1) > k:  # only "mask" mode generates past k
-            batch[LOSS_MASK_KEY] = batch.get(LOSS_MASK_KEY, torch.ones_like(completion_mask)) * within_k
-        loss_mask = completion_mask * batch.get(LOSS_MASK_KEY, 1)  # (B, C)
 
         eos_ids = torch.tensor(self.eos_token_ids, device=completion_ids.device)
         ended_within_k = (torch.isin(completion_ids, eos_ids) & completion_mask.bool() & within_k).any(dim=1)  # (B,)
@@ -162,9 +207,11 @@ class ESRDistillTrainer(DistillationTrainer):
                 (trained_per_rollout > 0).sum(),  # rollouts trained
                 (~ended_within_k).sum(),  # rollouts that hit k before EOS
                 torch.tensor(completion_ids.size(0), device=completion_ids.device),  # rollouts
+                (completion_mask * within_k).sum(),  # positions that could be trained before alignment
             ]
         ).float()
-        generated, trained, rollouts_trained, capped, rollouts = self.accelerator.gather(counts).view(-1, 5).sum(0)
+        totals = self.accelerator.gather(counts).view(-1, 6).sum(0)
+        generated, trained, rollouts_trained, capped, rollouts, alignable = totals
 
         per_token = self.args.loss_normalization == "token"
         batch["num_items_in_batch"] = trained if per_token else rollouts_trained
@@ -174,9 +221,13 @@ class ESRDistillTrainer(DistillationTrainer):
         logged["esr/tokens_generated"].append(generated.item())
         logged["esr/tokens_trained"].append(trained.item())
         logged["esr/capped_fraction"].append((capped / rollouts).item())
-        return batch
+        if self._pairing.mode == "aligned":
+            logged["esr/aligned_fraction"].append((trained / alignable.clamp(min=1)).item())
+            logged["esr/shared_vocab_fraction"].append(self._pairing.shared.fraction)
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        if self._pairing.mode == "aligned":
+            return self._aligned_loss(unwrapped_student, inputs, num_items_in_batch)
         if "teacher_prompt_ids" in inputs:
             self._teacher_prompt = (inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"])
         try:
@@ -184,6 +235,42 @@ class ESRDistillTrainer(DistillationTrainer):
                 return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
         finally:
             self._teacher_prompt = None
+
+    def _aligned_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        """The loss for a teacher with another tokenizer (see `trl_esr.cross_tokenizer`)."""
+        completion_width = inputs["completion_ids"].size(1)  # C
+        student_hidden = self._get_last_hidden_state(
+            unwrapped_student,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+            completion_width,
+        )  # (B, C, H_s)
+        self.teacher_model.eval()
+        unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
+        with torch.no_grad():
+            teacher_hidden = self._forward_redirection(
+                self.teacher_model,
+                unwrapped_teacher,
+                self._get_last_hidden_state,
+                unwrapped_teacher,
+                torch.cat([inputs["teacher_prompt_ids"], inputs["teacher_response_ids"]], dim=1),
+                torch.cat([inputs["teacher_prompt_mask"], inputs["teacher_response_mask"]], dim=1),
+                inputs["teacher_response_ids"].size(1),
+            )  # (B, J, H_t)
+        student_head = unwrapped_student.get_output_embeddings()
+        return aligned_divergence_loss(
+            student_hidden.to(student_head.weight.device),
+            teacher_hidden.to(student_head.weight.device),
+            inputs["teacher_positions"],
+            student_head,
+            unwrapped_teacher.get_output_embeddings(),
+            self._pairing.shared.to(student_head.weight.device),
+            logit_postprocessor(unwrapped_student.config),
+            logit_postprocessor(unwrapped_teacher.config),
+            self.args.loss_temperature,
+            self.args.loss_normalization,
+            num_items_in_batch,
+        )
 
     def _get_last_hidden_state(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs):
         # With a teacher view, the teacher's forward pass gets its own prompt before the shared completion.

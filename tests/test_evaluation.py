@@ -1,0 +1,131 @@
+r"""`trl_esr.evaluation`: `\boxed{}` extraction, answer normalisation, avg@n / pass@n, on hand-checked cases."""
+
+import json
+
+import pytest
+from datasets import Dataset
+
+from trl_esr.evaluation import (
+    EvaluateArguments,
+    answers_match,
+    boxed_answers,
+    evaluate,
+    extract_answer,
+    normalize_answer,
+    score_responses,
+)
+from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
+
+
+@pytest.mark.parametrize(
+    "text, last, first",
+    [
+        (r"so $x = \boxed{\frac{1}{2}}$.", r"\frac{1}{2}", r"\frac{1}{2}"),
+        (r"\boxed{\left\{ 1, \{2\} \right\}} done", r"\left\{ 1, \{2\} \right\}", r"\left\{ 1, \{2\} \right\}"),
+        (r"first \boxed{3}, then \boxed{4}", "4", "3"),
+        (r"\boxed {7} and \fbox{8}", "8", "7"),
+        ("the answer is 5", None, None),
+        (r"unclosed \boxed{5", None, None),
+        (r"\boxed{}", "", ""),
+    ],
+)
+def test_extract_answer(text, last, first):
+    assert extract_answer(text) == last
+    assert extract_answer(text, answer_from="first") == first
+
+
+def test_boxed_answers_keeps_every_box_in_order():
+    assert boxed_answers(r"\boxed{a^{2}} x \boxed{\sqrt{b}}") == ["a^{2}", r"\sqrt{b}"]
+
+
+@pytest.mark.parametrize(
+    "raw, normalised",
+    [
+        (r"\left( 1, 2 \right)", "(1,2)"),
+        (r"\dfrac{3}{4}", r"\frac{3}{4}"),
+        (r"\tfrac12", r"\frac{1}{2}"),
+        (r"\frac{1}2", r"\frac{1}{2}"),
+        (r"$90^\circ$", "90"),
+        (r"90^{\circ}", "90"),
+        (r"\text{(B)}", "(B)"),
+        (r"5 \text{ cm}", "5"),
+        (r"10\%", "10"),
+        ("42.", "42"),
+        (r"x = 3", "3"),
+        (r"\!1,\!000", "1000"),
+        (r"\sqrt2", r"\sqrt{2}"),
+        (".5", "0.5"),
+        (r"\mathrm{Friday}", "Friday"),
+    ],
+)
+def test_normalize_answer(raw, normalised):
+    assert normalize_answer(raw) == normalised
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        (r"\frac{1}{2}", "0.5", True),
+        ("1/2", r"\dfrac{1}{2}", True),
+        ("-0.25", r"-\frac14", True),
+        ("3.0", "3", True),
+        ("1,000", "1000", True),
+        ("(1,2)", "(1, 2)", True),
+        (r"\sqrt{8}", r"2\sqrt{2}", False),  # a string check, not a symbolic one
+        ("1/0", "0", False),
+        ("4", "5", False),
+        (None, "5", False),  # no box
+    ],
+)
+def test_answers_match(prediction, reference, expected):
+    assert answers_match(prediction, reference) is expected
+
+
+def test_avg_and_pass_at_n_on_a_hand_made_table():
+    # problem 1: 2 of 4 right; problem 2: 0 of 4 (one without a box); problem 3: 4 of 4 (formats differ)
+    responses = [
+        [r"\boxed{2}", r"\boxed{3}", r"so \boxed{1} no, \boxed{2}", r"\boxed{22}"],
+        [r"\boxed{1}", "no box", r"\boxed{0}", r"\boxed{-7}"],
+        [r"\boxed{\frac12}", r"\boxed{0.5}", r"\boxed{\dfrac{1}{2}}", r"\boxed{1/2}"],
+    ]
+    scores = score_responses(responses, ["2", "7", r"\frac{1}{2}"])
+    assert scores["correct"] == [[True, False, True, False], [False] * 4, [True] * 4]
+    assert scores["avg@4"] == pytest.approx(100 * 6 / 12)
+    assert scores["pass@4"] == pytest.approx(100 * 2 / 3)
+    assert scores["no_box"] == pytest.approx(100 * 1 / 12)
+    # reading the first box instead changes the third response of problem 1
+    assert score_responses(responses, ["2", "7", r"\frac{1}{2}"], answer_from="first")["avg@4"] == pytest.approx(
+        100 * 5 / 12
+    )
+
+
+def test_score_responses_rejects_ragged_input():
+    with pytest.raises(ValueError, match="same"):
+        score_responses([["a"], ["b", "c"]], ["1", "2"])
+    with pytest.raises(ValueError, match="one per problem"):
+        score_responses([["a"]], ["1", "2"])
+
+
+def test_scores_a_responses_file(tmp_path):
+    rows = [{"answer": "4", "responses": [r"\boxed{4}", r"\boxed{5}"]}, {"answer": "1", "responses": ["?", "?"]}]
+    path = tmp_path / "responses.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    out = tmp_path / "scored.jsonl"
+    scores = evaluate(EvaluateArguments(responses_file=str(path), output_file=str(out)))
+    assert scores == {"n": 2, "problems": 2, "avg@2": 25.0, "pass@2": 50.0, "no_box": 50.0}
+    assert [json.loads(line)["extracted"] for line in out.read_text().splitlines()] == [["4", "5"], [None, None]]
+
+
+def test_generates_with_a_tiny_model(tokenizer, tmp_path):
+    """End to end with HF generate on a local model and dataset: n responses per problem, scores in range."""
+    model_path = save_pretrained(build_tiny_causal_lm(tokenizer, "llama", hidden_size=32), tokenizer, tmp_path / "m")
+    Dataset.from_dict({"problem": ["w1 w2", "w3 w4 w5"], "answer": ["w1", "w2"]}).to_json(tmp_path / "data/test.jsonl")
+    out = tmp_path / "samples.jsonl"
+    args = EvaluateArguments(
+        model_name_or_path=model_path, dataset_name=str(tmp_path / "data"), n=3, max_new_tokens=5,
+        system_prompt="be brief", dtype="float32", output_file=str(out),
+    )  # fmt: skip
+    scores = evaluate(args)
+    assert scores["n"] == 3 and scores["problems"] == 2 and 0 <= scores["avg@3"] <= scores["pass@3"] <= 100
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [len(row["responses"]) for row in rows] == [3, 3]

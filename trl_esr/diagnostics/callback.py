@@ -1,0 +1,129 @@
+"""`ESRDiagnosticsCallback`: watch, during training, how the teacher-student KL splits at the rollout horizon k.
+
+ESR trains only on each rollout's first k tokens, so the training loss says nothing about the rest of a response. Every
+few optimizer steps this callback samples full-length student rollouts from a fixed prompt set and logs the mean
+reverse KL before and after k: if `esr/kl_beyond_k` stays high while `esr/kl_within_k` falls, the student has learned
+the start of responses only; if both fall, what it learned early carries over to the rest.
+"""
+
+import copy
+import random
+
+import torch
+from transformers import TrainerCallback
+
+from .._trl_compat import metrics
+from ..schedule import esr_k_at_step
+from .per_position import PositionStats, sample_completions, score_completions, seeded_sampling
+from .prompts import prompt_from_row, tokenize_prompts
+
+
+# One measurement costs about one full-rollout generation, ~15 ESR steps measured on CPU, ~24 estimated from the
+# paper's GPU timings: every 200 steps keeps the overhead near 7-11 % (docs/choosing-k.md, "Training-time metrics").
+DEFAULT_EVERY_N_STEPS = 200
+DEFAULT_NUM_ROLLOUTS = 8
+
+
+class ESRDiagnosticsCallback(TrainerCallback):
+    """Log `esr/kl_within_k` and `esr/kl_beyond_k` every `every_n_steps` optimizer steps.
+
+    Both are token-weighted means of the reverse KL(student ‖ teacher) (untempered logits) over `num_rollouts`
+    full-length student rollouts (`max_completion_length` tokens, sampled with the trainer's generation settings):
+    over response positions < k, and ≥ k, where k = `esr_k_at_step(args, global_step)` is the horizon of the next
+    training step. Without a horizon (`esr_k=None`), `kl_within_k` covers every position and `kl_beyond_k` is not
+    logged. The metrics are logged at the step they are measured, in the same `log_history` entry as the loss.
+
+    The prompts are drawn once from the training set with `seed`, and every measurement samples with that same seed,
+    so successive values differ because the student changed, not because the rollouts did. Sampling runs under a
+    forked RNG, so training's own random stream is unchanged. Each process measures on its own copy of the models
+    (identical values, no collective calls): data parallelism works, sharded students (FSDP, DeepSpeed ZeRO-3) are
+    not supported. Rollouts use HF `generate` on the unwrapped student even when training uses vLLM; text-only models
+    (`processing_class` is a tokenizer).
+
+    Args:
+        trainer: the [`ESRDistillTrainer`] to watch (its `train_dataset`, `teacher_model`, generation settings).
+        every_n_steps: measure when `global_step` is a multiple of this.
+        num_rollouts: prompts (one rollout each) in the fixed set.
+        batch_size: rollouts generated and scored at once.
+        seed: seed of the prompt draw and of sampling; defaults to `trainer.args.seed`.
+    """
+
+    def __init__(
+        self,
+        trainer,
+        every_n_steps: int = DEFAULT_EVERY_N_STEPS,
+        num_rollouts: int = DEFAULT_NUM_ROLLOUTS,
+        batch_size: int = 8,
+        seed: int | None = None,
+    ):
+        for name, value in (
+            ("every_n_steps", every_n_steps),
+            ("num_rollouts", num_rollouts),
+            ("batch_size", batch_size),
+        ):
+            if value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value}.")
+        if trainer.is_fsdp_enabled or (
+            trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+        ):
+            raise ValueError(
+                "ESRDiagnosticsCallback generates with each process's own copy of the student, which FSDP and "
+                "DeepSpeed ZeRO-3 shard. Use it with data parallelism (or ZeRO-1/2), or leave it off."
+            )
+        dataset = trainer.train_dataset
+        if dataset is None or not hasattr(dataset, "__len__"):
+            raise ValueError("ESRDiagnosticsCallback draws its prompts from a map-style `train_dataset`; got none.")
+        self.trainer = trainer
+        self.every_n_steps = every_n_steps
+        self.batch_size = batch_size
+        self.seed = trainer.args.seed if seed is None else seed
+        indices = random.Random(self.seed).sample(range(len(dataset)), min(num_rollouts, len(dataset)))
+        prompts = [prompt_from_row(dataset[i]) for i in indices]
+        self.prompt_ids = tokenize_prompts(trainer.processing_class, prompts)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every_n_steps != 0:
+            return control
+        k = esr_k_at_step(self.trainer.args, state.global_step)
+        stats = self.measure()
+        within, beyond = kl_within_and_beyond(stats, k)
+        logged = metrics(self.trainer, "train")
+        logged["esr/kl_within_k"].append(within)
+        if beyond is not None:
+            logged["esr/kl_beyond_k"].append(beyond)
+        control.should_log = True  # log at this step even if it is off the `logging_steps` grid
+        return control
+
+    def measure(self) -> PositionStats:
+        """Sample the fixed prompts' full-length rollouts and score them; the student's train/eval mode is restored."""
+        trainer = self.trainer
+        student = trainer.accelerator.unwrap_model(trainer.model)  # a PeftModel stays a PeftModel
+        teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+        generation_config = copy.deepcopy(trainer.generation_config)  # the trainer's sampling settings, full length
+        generation_config.max_new_tokens = trainer.args.max_completion_length
+        eos_ids = generation_config.eos_token_id
+        eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+        pad_token_id = generation_config.pad_token_id
+        was_training = student.training
+        try:
+            with seeded_sampling(self.seed, student.device):
+                completions = sample_completions(
+                    student, self.prompt_ids, generation_config, pad_token_id, eos_ids, self.batch_size, False
+                )
+            return score_completions(
+                student, teacher, self.prompt_ids, completions, pad_token_id, self.batch_size, False
+            )
+        finally:
+            student.train(was_training)
+
+
+def kl_within_and_beyond(stats: PositionStats, k: int | None) -> tuple[float, float | None]:
+    """Token-weighted mean reverse KL at response positions < k and ≥ k (`None`: k is None or no rollout reaches k)."""
+    positions = torch.arange(stats.mask.size(1))  # (T,)
+    horizon = stats.mask.size(1) if k is None else k
+    within = stats.mask & (positions < horizon)  # (N, T)
+    beyond = stats.mask & (positions >= horizon)  # (N, T)
+    mean_within = (stats.reverse_kl * within).sum() / within.sum()
+    if k is None or not beyond.any():
+        return mean_within.item(), None
+    return mean_within.item(), ((stats.reverse_kl * beyond).sum() / beyond.sum()).item()

@@ -1,0 +1,216 @@
+"""`trl-esr suggest-k`: measure where the teacher disagrees with full-length student rollouts and recommend k.
+
+```bash
+trl-esr suggest-k \\
+    --model_name_or_path Qwen/Qwen2.5-Math-1.5B \\
+    --teacher_model_name_or_path Qwen/Qwen3-1.7B \\
+    --dataset_name AI-MO/NuminaMath-CoT --num_prompts 64 \\
+    --max_completion_length 3584 --batch_size 8 \\
+    --output_dir esr-diagnostics
+
+# LoRA student, both models in 4 bits, teacher-decay probe graded on the last \\boxed{} of the `solution` column
+trl-esr suggest-k --config suggest_k.yaml --student_adapter_path my-lora --load_in_4bit \\
+    --probe_k_grid 0 100 300 --answer_column solution
+```
+
+Exit codes: 0 = k recommended; 2 = bad input (arguments, dataset, models); 3 = no recommendation possible (the
+teacher and student agree too closely for the KL curve to say anything; the report is still written).
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from trl import TrlParser
+
+from .decay import boxed_answer_checker
+from .recommend import DEFAULT_THRESHOLD
+from .report import key_numbers, write_report
+from .run import run_diagnostics
+
+
+EXIT_RECOMMENDED = 0
+EXIT_BAD_INPUT = 2
+EXIT_NO_RECOMMENDATION = 3
+
+_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class SuggestKArguments:
+    """Arguments of `trl-esr suggest-k`; names follow TRL's scripts (`ModelConfig`, `ScriptArguments`)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Student model (Hub id or local path)."})
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Teacher model; must share the student's tokenizer."}
+    )
+    student_adapter_path: str | None = field(
+        default=None, metadata={"help": "Optional PEFT (LoRA) adapter loaded on top of the student."}
+    )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "Load both models in 4 bits with bitsandbytes (NF4, bfloat16 compute; GPU)."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype to load the models in.", "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset to take prompts from."})
+    dataset_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Local .json/.jsonl/.parquet files to take prompts from (instead of a Hub set)."},
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Dataset split."})
+    answer_column: str = field(
+        default="answer",
+        metadata={"help": "Column with the reference answer for the teacher-decay probe (its last \\boxed{} if any)."},
+    )
+    num_prompts: int = field(
+        default=64, metadata={"help": "Prompts to roll out (a seeded shuffle of the split); one rollout each."}
+    )
+    max_completion_length: int = field(
+        default=1024,
+        metadata={"help": "Length of the full rollouts: use your training's `max_completion_length` (paper: 3584)."},
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the paper's 0.7)."})
+    top_p: float = field(default=0.95, metadata={"help": "Top-p of sampling (the paper's 0.95)."})
+    batch_size: int = field(default=8, metadata={"help": "Rollouts generated and scored at once."})
+    seed: int = field(default=42, metadata={"help": "Seed: the same seed and batch size give the same numbers."})
+    threshold: float = field(
+        default=DEFAULT_THRESHOLD,
+        metadata={"help": "Share of the total per-position KL the first k tokens must hold (paper: about 45%%)."},
+    )
+    output_dir: str = field(default="esr-diagnostics", metadata={"help": "Where the JSON, plots and report go."})
+    probe_k_grid: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Student-prefix lengths for the teacher-decay probe, e.g. `0 100 300`; empty: no probe."},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        (args,) = TrlParser(SuggestKArguments, prog="trl-esr suggest-k").parse_args_and_config(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a bad argument (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
+    except (ValueError, OSError) as error:  # an unreadable --config file
+        return _bad_input(error)
+    try:
+        _validate(args)
+        rows = _load_prompt_rows(args)
+        student, teacher, tokenizer = _load_models(args)
+    except (ValueError, OSError) as error:
+        return _bad_input(error)
+
+    result = run_diagnostics(
+        student, teacher, tokenizer, rows, args.max_completion_length, args.temperature, args.top_p, args.batch_size,
+        args.seed, args.threshold, args.probe_k_grid, boxed_answer_checker(args.answer_column) if args.probe_k_grid
+        else None,
+    )  # fmt: skip
+    paths = write_report(result, args.output_dir, extra_settings=_model_settings(args))
+    _print_summary(result, paths)
+    return EXIT_RECOMMENDED if result.recommendation.k is not None else EXIT_NO_RECOMMENDATION
+
+
+def _validate(args: SuggestKArguments) -> None:
+    if args.model_name_or_path is None or args.teacher_model_name_or_path is None:
+        raise ValueError("Both `--model_name_or_path` and `--teacher_model_name_or_path` are required.")
+    if (args.dataset_name is None) == (args.dataset_files is None):
+        raise ValueError("Give exactly one of `--dataset_name` (Hub) and `--dataset_files` (local files).")
+    for name in ("num_prompts", "max_completion_length", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"`--{name}` must be a positive integer, got {getattr(args, name)}.")
+    if not 0 < args.threshold <= 1:
+        raise ValueError(f"`--threshold` must be in (0, 1], got {args.threshold}. The paper's rule uses 0.45.")
+    if any(not 0 <= k < args.max_completion_length for k in args.probe_k_grid):
+        raise ValueError(
+            f"Every `--probe_k_grid` value must be in [0, {args.max_completion_length}) (`--max_completion_length`); "
+            f"got {args.probe_k_grid}."
+        )
+
+
+def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
+    from datasets import load_dataset
+
+    if args.dataset_files is not None:
+        suffixes = {Path(path).suffix for path in args.dataset_files}
+        if len(suffixes) != 1 or next(iter(suffixes)) not in _DATA_BUILDERS:
+            raise ValueError(f"`--dataset_files` must all be .json, .jsonl or .parquet; got {args.dataset_files}.")
+        missing = [path for path in args.dataset_files if not Path(path).is_file()]
+        if missing:
+            raise ValueError(f"`--dataset_files` not found: {missing}.")
+        dataset = load_dataset(_DATA_BUILDERS[suffixes.pop()], data_files=args.dataset_files, split=args.dataset_split)
+    else:
+        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
+    if "prompt" not in dataset.column_names and "messages" not in dataset.column_names:
+        raise ValueError(f"The dataset needs a `prompt` or a `messages` column; it has {dataset.column_names}.")
+    if args.probe_k_grid and args.answer_column not in dataset.column_names:
+        raise ValueError(
+            f"The teacher-decay probe grades answers from `--answer_column` '{args.answer_column}', which the dataset "
+            f"lacks (columns: {dataset.column_names})."
+        )
+    dataset = dataset.shuffle(seed=args.seed).select(range(min(args.num_prompts, len(dataset))))
+    return list(dataset)
+
+
+def _load_models(args: SuggestKArguments):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
+    if tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise ValueError(
+            "The student and teacher tokenizers differ. The per-token KL compares next-token distributions over one "
+            "shared vocabulary; cross-tokenizer pairs are not supported by `suggest-k`."
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # base models often have none; padding is masked anyway
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs = {"dtype": args.dtype, "device_map": {"": device}}
+    if args.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    student = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **kwargs)
+    teacher = AutoModelForCausalLM.from_pretrained(args.teacher_model_name_or_path, **kwargs)
+    if student.config.get_text_config().vocab_size != teacher.config.get_text_config().vocab_size:
+        raise ValueError(
+            f"The student's vocab_size ({student.config.get_text_config().vocab_size}) differs from the teacher's "
+            f"({teacher.config.get_text_config().vocab_size}); the per-token KL needs one shared vocabulary."
+        )
+    if args.student_adapter_path is not None:
+        from peft import PeftModel
+
+        student = PeftModel.from_pretrained(student, args.student_adapter_path)
+    return student, teacher, tokenizer
+
+
+def _model_settings(args: SuggestKArguments) -> dict:
+    return {
+        "model_name_or_path": args.model_name_or_path,
+        "teacher_model_name_or_path": args.teacher_model_name_or_path,
+        "student_adapter_path": args.student_adapter_path,
+        "load_in_4bit": args.load_in_4bit,
+        "dtype": args.dtype,
+        "dataset": args.dataset_name or args.dataset_files,
+        "dataset_split": args.dataset_split,
+    }
+
+
+def _print_summary(result, paths: dict) -> None:
+    rec, numbers = result.recommendation, key_numbers(result)
+    print(f"\nRecommended k = {rec.k}" if rec.k is not None else "\nNo k can be recommended.")
+    print(rec.reason)
+    for name, value in numbers.items():
+        print(f"  {name:<26} {f'{value:.4g}' if isinstance(value, float) else value}")
+    if result.decay is not None:
+        curve = ", ".join(
+            f"k={k}: {acc:.3f}" for k, acc in zip(result.decay.k_grid, result.decay.accuracy, strict=True)
+        )
+        print(f"  teacher accuracy from a student prefix: {curve}")
+    print(f"Report: {paths['markdown']}  (data: {paths['json']})")
+
+
+def _bad_input(error: Exception) -> int:
+    print(f"trl-esr suggest-k: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT

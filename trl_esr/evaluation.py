@@ -1,0 +1,280 @@
+r"""MATH-500-style evaluation: n responses per problem, the answer from `\boxed{}`, avg@n and pass@n.
+
+The paper evaluates MATH-500 with avg@4 / pass@4 at temperature 0.7, the answer read from `\boxed{}`. avg@n is the
+mean accuracy over all n samples of all problems (an estimate of pass@1 with less variance); pass@n is the share of
+problems solved by at least one of the n samples. Both are percentages.
+
+Answers are compared after a normalisation in the spirit of the MATH benchmark's `strip_string` (Hendrycks et al.):
+LaTeX spacing and sizing commands, `$`, `\text{}` wrappers, units, degrees and a trailing period are removed,
+`\dfrac`/`\tfrac` become `\frac`, `\frac12` becomes `\frac{1}{2}`; then two answers match if the strings are equal or
+both are the same rational number (`\frac{1}{2}`, `1/2`, `0.5`). It is a string check, not a symbolic one:
+`\sqrt{8}` and `2\sqrt{2}` do not match.
+
+`python examples/scripts/evaluate_boxed.py --help` (or `main`) runs it; generation uses HF `generate`, or vLLM with
+`--use_vllm` when installed.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+
+# Scoring
+
+
+def boxed_answers(text: str) -> list[str]:
+    r"""Contents of every `\boxed{...}` (and `\fbox{...}`) in `text`, in order, with nested braces matched."""
+    answers = []
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                answers.append(text[start:i])
+                break
+    return answers
+
+
+def extract_answer(text: str, answer_from: str = "last") -> str | None:
+    r"""The `\boxed{}` answer of a response: the last box (the usual convention) or the first; `None` if none."""
+    if answer_from not in ("last", "first"):
+        raise ValueError(f"`answer_from` must be 'last' or 'first', got {answer_from!r}.")
+    answers = boxed_answers(text)
+    if not answers:
+        return None
+    return answers[-1] if answer_from == "last" else answers[0]
+
+
+_DELETED = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "$", r"\displaystyle"]
+_DEGREES = [r"^{\circ}", r"^\circ", "°"]
+_TEXT_COMMANDS = r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}"
+
+
+def normalize_answer(answer: str) -> str:
+    """A canonical string for an answer, so that formatting differences do not count as errors."""
+    s = answer.strip().replace("\n", "")
+    s = re.sub(r"\\text\s*\{\s+[^{}]*\}$", "", s)  # a trailing unit, "5 \text{ cm}" (a space opens the text)
+    for token in _DELETED + _DEGREES:
+        s = s.replace(token, "")
+    s = re.sub(_TEXT_COMMANDS, r"\1", s)  # \text{(A)} -> (A)
+    s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
+    s = s.replace(r"\%", "").replace("%", "")
+    s = s.replace(" ", "").rstrip(".")
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)  # \frac12 -> \frac{1}{2}
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)  # \frac{1}2 -> \frac{1}{2}
+    s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)  # \sqrt2 -> \sqrt{2}
+    if re.fullmatch(r"[a-zA-Z]\w?=.+", s):  # "x=5" -> "5": a lone variable on the left
+        s = s.split("=", 1)[1]
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):  # 1,000 -> 1000 (but not a pair "1,2")
+        s = s.replace(",", "")
+    if s.startswith("."):
+        s = "0" + s
+    return s
+
+
+def _as_number(s: str) -> Fraction | None:
+    """`s` (normalised) as an exact rational if it is an integer, decimal, `a/b` or `\\frac{a}{b}`, else `None`."""
+    sign = -1 if s.startswith("-") else 1
+    s = s.removeprefix("-")
+    fraction = re.fullmatch(r"\\frac\{(\d+(?:\.\d+)?)\}\{(\d+(?:\.\d+)?)\}", s) or re.fullmatch(
+        r"(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)", s
+    )
+    try:
+        if fraction:
+            return sign * Fraction(fraction[1]) / Fraction(fraction[2])
+        if re.fullmatch(r"\d+(?:\.\d+)?", s):
+            return sign * Fraction(s)
+    except ZeroDivisionError:
+        return None
+    return None
+
+
+def answers_match(prediction: str | None, reference: str) -> bool:
+    """Whether a predicted answer (`None`: no box) equals the reference after normalisation, or numerically."""
+    if prediction is None:
+        return False
+    prediction, reference = normalize_answer(prediction), normalize_answer(reference)
+    if prediction == reference:
+        return True
+    a, b = _as_number(prediction), _as_number(reference)
+    return a is not None and a == b
+
+
+def score_responses(responses: list[list[str]], references: list[str], answer_from: str = "last") -> dict:
+    """avg@n and pass@n (percentages) of `responses[i]`, the n responses to problem i, against `references[i]`.
+
+    Every problem must have the same number of responses n.
+    """
+    if len(responses) != len(references) or not responses:
+        raise ValueError(
+            f"Got {len(responses)} response lists for {len(references)} references; need one per problem."
+        )
+    n = len(responses[0])
+    if n == 0 or any(len(r) != n for r in responses):
+        raise ValueError("Every problem needs the same, non-zero number of responses.")
+    correct = [
+        [answers_match(extract_answer(r, answer_from), ref) for r in rs]
+        for rs, ref in zip(responses, references, strict=True)
+    ]
+    return {
+        "n": n,
+        "problems": len(references),
+        f"avg@{n}": 100 * sum(map(sum, correct)) / (n * len(correct)),
+        f"pass@{n}": 100 * sum(map(any, correct)) / len(correct),
+        "no_box": 100
+        * sum(extract_answer(r, answer_from) is None for rs in responses for r in rs)
+        / (n * len(correct)),
+        "correct": correct,
+    }
+
+
+# Generation
+
+
+def chat_prompts(tokenizer, problems: list[str], system_prompt: str | None) -> list[str]:
+    """Each problem as the text the model sees: its chat template with the optional system prompt."""
+    prompts = []
+    for problem in problems:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": problem})
+        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return prompts
+
+
+def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
+                batch_size: int = 8) -> list[list[str]]:  # fmt: skip
+    """n sampled responses per prompt with HF `generate` (greedy when `temperature` is 0)."""
+    import torch
+
+    tokenizer.padding_side = "left"  # generation continues the prompts' right end
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    responses = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(
+            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        batch = batch.to(model.device)
+        with torch.no_grad():
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=n, **sampling)
+        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        responses += [texts[i : i + n] for i in range(0, len(texts), n)]
+    return responses
+
+
+def generate_vllm(model_name_or_path: str, prompts: list[str], n: int, temperature: float, top_p: float,
+                  max_new_tokens: int) -> list[list[str]]:  # fmt: skip
+    """n sampled responses per prompt with vLLM (not exercised by this project's CPU-only tests)."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_name_or_path)
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
+    return [[c.text for c in out.outputs] for out in llm.generate(prompts, params)]
+
+
+def load_model(model_name_or_path: str, dtype: str = "auto"):
+    """A causal LM and its tokenizer; a folder holding a PEFT adapter is loaded on its base model and merged."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (Path(model_name_or_path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
+    return model.eval(), AutoTokenizer.from_pretrained(model_name_or_path)
+
+
+# Command line
+
+
+@dataclass
+class EvaluateArguments:
+    """Arguments of `examples/scripts/evaluate_boxed.py`; the defaults follow the paper's MATH-500 evaluation."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Model (Hub id or folder; a PEFT adapter folder is merged into its base)."}
+    )
+    dataset_name: str = field(default="HuggingFaceH4/MATH-500", metadata={"help": "Hub dataset or local folder."})
+    dataset_split: str = field(default="test", metadata={"help": "Split, with slicing (e.g. 'test[:100]')."})
+    problem_column: str = field(default="problem", metadata={"help": "Column holding the problem."})
+    answer_column: str = field(default="answer", metadata={"help": "Column holding the reference answer."})
+    system_prompt: str | None = field(
+        default="Please reason step by step, and put your final answer within \\boxed{}.",
+        metadata={"help": "System message; use the one the model was trained with."},
+    )
+    n: int = field(default=4, metadata={"help": "Responses per problem (the paper: avg@4 / pass@4)."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the paper: 0.7)."})
+    top_p: float = field(default=0.95, metadata={"help": "Top-p (the paper: 0.95)."})
+    max_new_tokens: int = field(default=3584, metadata={"help": "Max new tokens per response (the paper's math cap)."})
+    answer_from: str = field(
+        default="last",
+        metadata={"help": "Which \\boxed{} is the answer: 'last' or 'first'.", "choices": ["last", "first"]},
+    )
+    batch_size: int = field(default=8, metadata={"help": "Prompts per HF `generate` call."})
+    dtype: str = field(default="auto", metadata={"help": "Model dtype ('auto', 'bfloat16', 'float32', ...)."})
+    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (must be installed)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    responses_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Score the responses in this JSONL file ({'responses': [...], 'answer': ...} per line) "
+            "instead of generating."
+        },  # fmt: skip
+    )
+    output_file: str | None = field(
+        default=None, metadata={"help": "Write each problem's responses, answers and correctness here (JSONL)."}
+    )
+
+
+def evaluate(args: EvaluateArguments) -> dict:
+    """Generate (or read) the responses, score them, optionally write them out; returns the scores."""
+    from datasets import load_dataset
+
+    if args.responses_file is not None:
+        rows = [json.loads(line) for line in open(args.responses_file) if line.strip()]
+        problems = [row.get("problem", "") for row in rows]
+        references, responses = [row["answer"] for row in rows], [row["responses"] for row in rows]
+    else:
+        if args.model_name_or_path is None:
+            raise ValueError("Set `--model_name_or_path` (or `--responses_file` to score saved responses).")
+        from transformers import set_seed
+
+        set_seed(args.seed)
+        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
+        problems, references = dataset[args.problem_column], [str(a) for a in dataset[args.answer_column]]
+        model, tokenizer = load_model(args.model_name_or_path, args.dtype)
+        prompts = chat_prompts(tokenizer, problems, args.system_prompt)
+        sampling = (args.n, args.temperature, args.top_p, args.max_new_tokens)
+        if args.use_vllm:
+            del model  # vLLM loads its own copy
+            responses = generate_vllm(args.model_name_or_path, prompts, *sampling)
+        else:
+            responses = generate_hf(model, tokenizer, prompts, *sampling, batch_size=args.batch_size)
+
+    scores = score_responses(responses, references, args.answer_from)
+    if args.output_file is not None:
+        with open(args.output_file, "w") as f:
+            for problem, reference, rs, correct in zip(
+                problems, references, responses, scores["correct"], strict=True
+            ):
+                answers = [extract_answer(r, args.answer_from) for r in rs]
+                row = {
+                    "problem": problem,
+                    "answer": reference,
+                    "responses": rs,
+                    "extracted": answers,
+                    "correct": correct,
+                }
+                f.write(json.dumps(row) + "\n")
+    return {key: value for key, value in scores.items() if key != "correct"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from trl import TrlParser
+
+    (args,) = TrlParser((EvaluateArguments,)).parse_args_and_config(args=argv)
+    scores = evaluate(args)
+    print(json.dumps(scores))
