@@ -12,6 +12,7 @@ warm-up and is left out of the medians.
 import argparse
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -23,6 +24,7 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import DistillationConfig, DistillationTrainer
 
 from trl_esr import ESRConfig, ESRDistillTrainer
+from trl_esr import trainer as trainer_module
 from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
 
 
@@ -43,30 +45,37 @@ SIZES = {
 
 
 class StepTimer(TrainerCallback):
-    """Wall time per optimizer step, and the share spent in the student's `generate` and the teacher's backbone."""
+    """Wall time per optimizer step, and the share spent in the student's `generate`, the teacher's backbone and, for
+    a cross-tokenizer teacher, the re-tokenization and alignment of rollouts (`trl_esr.trainer.align_batch`)."""
 
     def __init__(self, trainer):
-        self.steps, self._generation, self._teacher = [], 0.0, 0.0
+        self.steps, self._generation, self._teacher, self._alignment = [], 0.0, 0.0, 0.0
         student, teacher = trainer.model, trainer.teacher_model
-        generate = student.generate
-
-        def timed_generate(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return generate(*args, **kwargs)
-            finally:
-                self._generation += time.perf_counter() - start
-
-        student.generate = timed_generate
+        student.generate = self._timed(student.generate, "_generation")
+        self._align_batch = trainer_module.align_batch
+        trainer_module.align_batch = self._timed(self._align_batch, "_alignment")
         teacher.base_model.register_forward_pre_hook(lambda *_: setattr(self, "_teacher_start", _now()))
         teacher.base_model.register_forward_hook(lambda *_: self._add_teacher(_now() - self._teacher_start))
+
+    def _timed(self, function, counter: str):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                setattr(self, counter, getattr(self, counter) + time.perf_counter() - start)
+
+        return timed
 
     def _add_teacher(self, seconds):
         self._teacher += seconds
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._generation = self._teacher = 0.0
+        self._generation = self._teacher = self._alignment = 0.0
         self._start = _now()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        trainer_module.align_batch = self._align_batch
 
     def on_step_end(self, args, state, control, **kwargs):
         total = _now() - self._start
@@ -75,7 +84,8 @@ class StepTimer(TrainerCallback):
                 "step": total,
                 "generation": self._generation,
                 "teacher_forward": self._teacher,
-                "student_and_update": total - self._generation - self._teacher,
+                "alignment": self._alignment,
+                "student_and_update": total - self._generation - self._teacher - self._alignment,
             }
         )
 
@@ -102,7 +112,8 @@ def _peak_memory_mib() -> float:
 
 def build_pair(size: str, root: Path):
     spec = SIZES[size]
-    tokenizer = build_word_tokenizer([f"w{i}" for i in range(spec["words"])])
+    words = [f"w{i}" for i in range(spec["words"])]
+    tokenizer = build_word_tokenizer(words)
     context = 1024
     student = build_tiny_causal_lm(tokenizer, "qwen2", max_position_embeddings=context, seed=0, **spec["student"])
     teacher = build_tiny_causal_lm(tokenizer, "llama", max_position_embeddings=context, seed=1, **spec["teacher"])
@@ -111,6 +122,11 @@ def build_pair(size: str, root: Path):
         name: save_pretrained(model, tokenizer, root / f"{size}-{name}")
         for name, model in (("student", student), ("teacher", teacher))
     }
+    # A teacher whose tokenizer maps the same words to other ids: the pair goes through the cross-tokenizer path
+    # (re-tokenization, offset alignment, shared-vocabulary KL) with every position aligned.
+    shuffled = build_word_tokenizer(random.Random(0).sample(words, len(words)))
+    other = build_tiny_causal_lm(shuffled, "llama", max_position_embeddings=context, seed=1, **spec["teacher"])
+    paths["cross_tokenizer_teacher"] = save_pretrained(other, shuffled, root / f"{size}-cross-teacher")
     return tokenizer, paths, params
 
 
@@ -230,7 +246,13 @@ def benchmark(sizes, ks, full_length, steps, batch_size, workdir: Path) -> dict:
         }
         for name in ("esr_token", "esr_sequence"):
             overhead[f"{name}_over_trl"] = overhead[name]["step"] / overhead["trl"]["step"] - 1
-        results["sizes"][size] = {"params": params, "configs": configs, "overhead": overhead}
+        print(f"[bench] {size}: cross-tokenizer teacher at k={k} ...", flush=True)
+        cross_paths = {"student": paths["student"], "teacher": paths["cross_tokenizer_teacher"]}
+        cross = run(ESRDistillTrainer, ESRConfig, cross_paths, tokenizer, workdir / "out", steps, batch_size,
+                    esr_k=k, max_completion_length=full_length)  # fmt: skip
+        cross["k"], cross["alignment_share"] = k, cross["alignment"] / cross["step"]
+        cross["step_over_same_tokenizer"] = cross["step"] / configs[f"k={k}"]["step"]
+        results["sizes"][size] = {"params": params, "configs": configs, "overhead": overhead, "cross_tokenizer": cross}
     return results
 
 
@@ -271,6 +293,11 @@ def write_report(results: dict, output_dir: Path) -> str:
             f' (step {o["trl"]["step"]:.3f} s): ESR with `loss_normalization="token"` '
             f'{o["esr_token_over_trl"]:+.1%} ({o["esr_token"]["step"]:.3f} s); ESR default ("sequence") '
             f"{o['esr_sequence_over_trl']:+.1%} ({o['esr_sequence']['step']:.3f} s).",
+            "",
+            f"Cross-tokenizer teacher at k={data['cross_tokenizer']['k']} (same words, other ids; every position "
+            f"aligned): step {data['cross_tokenizer']['step']:.3f} s, of which re-tokenization + alignment "
+            f"{data['cross_tokenizer']['alignment']:.3f} s ({data['cross_tokenizer']['alignment_share']:.1%}); "
+            f"{data['cross_tokenizer']['step_over_same_tokenizer']:.2f}x the same-tokenizer step.",
             "",
         ]
     report = "\n".join(lines)

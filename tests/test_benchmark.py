@@ -18,4 +18,7 @@ def test_quick_benchmark(tmp_path):
         assert configs[name]["step"] > 0 and configs[name]["generation"] > 0 and configs[name]["teacher_forward"] > 0
     overhead = results["sizes"]["tiny"]["overhead"]
     assert overhead["trl"]["max_completion_tokens"] == overhead["esr_token"]["max_completion_tokens"] == 4
+    cross = results["sizes"]["tiny"]["cross_tokenizer"]  # a teacher with other token ids: the aligned path
+    assert cross["max_completion_tokens"] == 4 and cross["alignment"] > 0 and 0 < cross["alignment_share"] < 1
+    assert configs["k=4"]["alignment"] == 0
     assert "| k=4 |" in (tmp_path / "results.md").read_text()
