@@ -5,6 +5,8 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from ..data import prompt_from_messages
+
 
 def prompt_from_row(row: dict) -> str | list[dict]:
     """The prompt of a dataset row: its `prompt` (plain text or chat messages), or its `messages` without the final
@@ -12,12 +14,7 @@ def prompt_from_row(row: dict) -> str | list[dict]:
     if "prompt" in row:
         return row["prompt"]
     if "messages" in row:
-        messages = list(row["messages"])
-        if messages and messages[-1]["role"] == "assistant":
-            messages = messages[:-1]
-        if not messages:
-            raise ValueError("A `messages` row holds nothing but an assistant turn, so it has no prompt.")
-        return messages
+        return prompt_from_messages(list(row["messages"]))
     raise ValueError(f"A row needs a `prompt` or a `messages` column to build a prompt from; it has {sorted(row)}.")
 
 
