@@ -1,8 +1,10 @@
 """Greedy exact-match accuracy on the held-out split, with full-length generation (never capped at k)."""
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+from ..diagnostics import sample_completions, score_completions, summarize
+from ..diagnostics.per_position import seeded_sampling
 from .pretrain import encode_prompts
 from .task import is_correct
 
@@ -35,3 +37,48 @@ def greedy_accuracy(
         correct += sum(is_correct(a, b, n_digits, r) for (a, b), r in zip(chunk, responses, strict=True))
     model.train(was_training)
     return correct / len(pairs)
+
+
+def per_position_reverse_kl(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    pairs: list[tuple[int, int]],
+    n_digits: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> list[float]:
+    """Mean KL(student || teacher) at each response position, over full-length student rollouts.
+
+    Rollouts are sampled like ESR's training rollouts (same temperature and top-p) but never stopped at k; the KL
+    uses untempered logits of both models, as the training loss does. Position t averages over the rollouts still
+    running at t (EOS included). Sampling and scoring are `trl_esr.diagnostics`', as in `trl-esr suggest-k`.
+    """
+    was_training = student.training
+    prompt_ids = encode_prompts(tokenizer, pairs, n_digits)
+    sampling = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with seeded_sampling(seed, student.device):
+        completions = sample_completions(
+            student,
+            prompt_ids,
+            sampling,
+            tokenizer.pad_token_id,
+            [tokenizer.eos_token_id],
+            batch_size=len(pairs),
+            show_progress=False,
+        )
+    stats = score_completions(
+        student, teacher, prompt_ids, completions, tokenizer.pad_token_id, batch_size=len(pairs), show_progress=False
+    )
+    student.train(was_training)
+    return summarize(stats).kl_mean

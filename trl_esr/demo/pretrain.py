@@ -5,21 +5,30 @@ real gap to close. The loss covers the response tokens only, laid out exactly as
 template's generation prompt, then the response, then EOS).
 """
 
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
 from .task import derivation, prompt
+
 
 def chat_prompt(a: int, b: int, n_digits: int) -> list[dict]:
     """The prompt as TRL receives it: one user message, rendered by the tokenizer's chat template."""
     return [{"role": "user", "content": prompt(a, b, n_digits)}]
+
 
 def encode_prompts(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, int]], n_digits: int) -> list[list[int]]:
     conversations = [chat_prompt(a, b, n_digits) for a, b in pairs]
     return tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True)[
         "input_ids"
     ]
+
 
 def encode_examples(
     tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, int]], n_digits: int
@@ -35,6 +44,7 @@ def encode_examples(
     labels = input_ids.clone()
     labels[:, : len(prompt_ids[0])] = -100
     return input_ids, labels
+
 
 def supervised_finetune(
     model: PreTrainedModel,
@@ -55,7 +65,9 @@ def supervised_finetune(
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps))).item(),
+        lambda step: (
+            min(1.0, (step + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps))).item()
+        ),
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
@@ -72,3 +84,58 @@ def supervised_finetune(
     model.eval()
     return model
 
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """Everything that determines a pre-trained model; the cache is reused only when the saved recipe matches."""
+
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    sft_steps: int
+    sft_batch_size: int
+    learning_rate: float
+    n_digits: int
+    seed: int
+
+
+def load_or_pretrain(
+    name: str,
+    recipe: ModelRecipe,
+    tokenizer: PreTrainedTokenizerFast,
+    pairs: list[tuple[int, int]],
+    path: Path,
+    device,
+) -> PreTrainedModel:
+    """The model saved at `path` if it was built from this exact recipe, else a fresh one trained and saved there."""
+    recipe_file = path / "demo_recipe.json"
+    if recipe_file.exists() and json.loads(recipe_file.read_text()) == asdict(recipe):
+        print(f"Reusing the cached {name} from {path} (delete it to retrain).")
+        return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    print(
+        f"Training the {name} from scratch: {recipe.architecture}, hidden size {recipe.hidden_size}, "
+        f"{recipe.num_layers} layers, {recipe.sft_steps} SFT steps of {recipe.sft_batch_size} examples."
+    )
+    model = build_tiny_causal_lm(
+        tokenizer,
+        recipe.architecture,
+        hidden_size=recipe.hidden_size,
+        num_layers=recipe.num_layers,
+        num_heads=4,
+        max_position_embeddings=128,
+        seed=recipe.seed,
+    ).to(device)
+    supervised_finetune(
+        model,
+        tokenizer,
+        pairs,
+        recipe.n_digits,
+        recipe.sft_steps,
+        recipe.sft_batch_size,
+        recipe.learning_rate,
+        recipe.seed,
+        desc=f"SFT {name}",
+    )
+    save_pretrained(model, tokenizer, path)
+    recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
+    return model
