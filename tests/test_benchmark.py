@@ -1,4 +1,4 @@
-"""The benchmark's quick mode runs, writes its outputs, and generates exactly k tokens per rollout (no timing checks)."""
+"""The benchmark's quick mode runs, writes its outputs and generates exactly k tokens per rollout (no timing)."""
 
 import json
 

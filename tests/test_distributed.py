@@ -22,8 +22,8 @@ HERE = Path(__file__).parent
 )
 def test_two_processes_share_normaliser_and_gradients(loss_normalization, eos_on_rank1, model_paths, tmp_path):
     models_dir = str(Path(model_paths["student"]).parent)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(HERE / "distributed_worker.py"), models_dir, str(tmp_path), loss_normalization, eos_on_rank1]  # fmt: skip
+    worker = [str(HERE / "distributed_worker.py"), models_dir, str(tmp_path), loss_normalization, eos_on_rank1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *worker]
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -70,14 +70,13 @@ def script_argv(llama_paths, output_dir, eos_token_id, *extra: str) -> list[str]
     ]  # fmt: skip
 
 
-def assert_card(output_dir: Path, teacher: str, k: int, dataset: str | None) -> None:
+def assert_card(output_dir: Path, teacher: str, k: int, dataset: str) -> None:
     card = ModelCard.load(output_dir / "README.md")
     assert {"trl", "trl-esr", "distillation"} <= set(card.data.tags)
     assert f"| teacher | `{teacher}` |" in card.text
     assert f"**k = {k}** tokens" in card.text
-    if dataset is not None:
-        assert card.data.datasets == dataset
-        assert f"on the [{dataset}]" in card.text
+    assert f"| dataset | `{dataset}` |" in card.text  # a local dataset: named, not linked to the Hub
+    assert card.data.datasets is None and "huggingface.co/datasets" not in card.text
 
 
 def assert_adapter_trained(output_dir: Path, lora_r: int) -> None:
@@ -127,7 +126,7 @@ def test_yaml_config_with_command_line_override(llama_paths, tokenizer, tmp_path
         {"role": "user", "content": "w0 w1 w2"},
     ]
     assert_adapter_trained(out, lora_r=4)
-    assert_card(out, teacher=llama_paths["teacher"], k=3, dataset=None)
+    assert_card(out, teacher=llama_paths["teacher"], k=3, dataset=", ".join(files))
 
 
 class LocalHubApi:

@@ -99,3 +99,19 @@ def test_rejects_a_plain_trl_config(model_paths, tokenizer, train_dataset):
     args = DistillationConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
     with pytest.raises(TypeError, match="ESRConfig"):
         make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+
+
+def test_model_card_links_hub_datasets_and_names_local_ones(
+    model_paths, tokenizer, train_dataset, make_args, tmp_path
+):
+    args = make_args(output_dir=str(tmp_path / "card"))
+    trainer = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    trainer.create_model_card(dataset_name="my-org/prompts")
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "on the [my-org/prompts](https://huggingface.co/datasets/my-org/prompts)" in card
+    assert "| dataset | `my-org/prompts` |" in card
+    local = tmp_path / "prompts.jsonl"
+    local.write_text("{}")
+    trainer.create_model_card(dataset_name=str(local))
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert f"| dataset | `{local}` |" in card and "huggingface.co/datasets" not in card

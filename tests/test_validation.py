@@ -1,4 +1,4 @@
-"""Every bad set-up in docs/reliability.md fails when the trainer is built, with an error naming the problem and fix."""
+"""Every bad set-up in docs/reliability.md fails when the trainer is built, with an error naming problem and fix."""
 
 import copy
 import logging
@@ -64,7 +64,7 @@ def test_prompts_longer_than_the_context(model_paths, tokenizer, make_args):
 
 
 def test_teacher_sharing_too_little_vocabulary(model_paths, tokenizer, train_dataset, make_args, tmp_path):
-    other = build_word_tokenizer([f"x{i}" for i in range(100)])  # shares only the special tokens and chat markers with the student's
+    other = build_word_tokenizer([f"x{i}" for i in range(100)])  # shares only special tokens and chat markers
     teacher = save_pretrained(build_tiny_causal_lm(other, "llama"), other, tmp_path / "other")
     with pytest.raises(ValueError, match=r"`.*other` share only 13\.0% of the student's vocabulary .* 20%"):
         build(model_paths, tokenizer, train_dataset, make_args(min_shared_vocab_fraction=0.2), teacher=teacher)

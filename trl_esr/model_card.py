@@ -14,8 +14,8 @@ from trl.trainer.utils import get_config_model_id
 _ANCHOR = "### Framework versions"
 
 
-def esr_details(trainer) -> str:
-    """Markdown describing the teacher, the rollout horizon and the key hyperparameters of `trainer`'s run."""
+def esr_details(trainer, dataset_name: str | None = None) -> str:
+    """Markdown describing the teacher, the dataset, the rollout horizon and the key hyperparameters of the run."""
     from . import __version__
 
     args = trainer.args
@@ -29,6 +29,7 @@ def esr_details(trainer) -> str:
         horizon = f'training rollouts stop after the first **k = {args.esr_k}** tokens (`esr_mode="{args.esr_mode}"`)'
     rows = {
         "teacher": f"`{teacher}`" if teacher else "a local model",
+        "dataset": f"`{dataset_name}`" if dataset_name else "not given",
         "rollout horizon": horizon,
         "divergence": f"generalized JSD with beta={args.beta} (1.0 = reverse KL, KL(student ‖ teacher))",
         "loss": f'`loss_normalization="{args.loss_normalization}"`, `loss_temperature={args.loss_temperature}`',
@@ -51,9 +52,9 @@ def esr_details(trainer) -> str:
     )
 
 
-def add_esr_details(readme: str | Path, trainer) -> None:
+def add_esr_details(readme: str | Path, trainer, dataset_name: str | None = None) -> None:
     """Insert the ESR section into the model card at `readme`, before TRL's framework versions (or at the end)."""
     readme = Path(readme)
-    card, section = readme.read_text(), esr_details(trainer)
+    card, section = readme.read_text(), esr_details(trainer, dataset_name)
     card = card.replace(_ANCHOR, section + _ANCHOR, 1) if _ANCHOR in card else card + "\n" + section
     readme.write_text(card)

@@ -279,6 +279,8 @@ class ESRDistillTrainer(DistillationTrainer):
         return super()._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        # TRL's card links `dataset_name` to the Hub; local files are named in the ESR section only.
+        hub_dataset = None if dataset_name is None or os.path.exists(dataset_name.split(", ")[0]) else dataset_name
+        super().create_model_card(model_name=model_name, dataset_name=hub_dataset, tags=tags)
         if self.is_world_process_zero():
-            add_esr_details(os.path.join(self.args.output_dir, "README.md"), self)
+            add_esr_details(os.path.join(self.args.output_dir, "README.md"), self, dataset_name)

@@ -202,11 +202,12 @@ def train(script_args: ESRScriptArguments, training_args: ESRConfig, model_args:
     # Save the model, its card (naming the teacher, k and the dataset) and the log history (`trainer_state.json`).
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
-    trainer.create_model_card(model_name=Path(training_args.output_dir).name, dataset_name=script_args.dataset_name)
+    dataset = script_args.dataset_name or ", ".join(script_args.dataset_files)  # the card names local files too
+    trainer.create_model_card(model_name=Path(training_args.output_dir).name, dataset_name=dataset)
     trainer.accelerator.print(f"💾 Model saved to {training_args.output_dir}.")
 
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.push_to_hub(dataset_name=dataset)
         trainer.accelerator.print(f"🤗 Model pushed to the Hub in https://huggingface.co/{trainer.hub_model_id}.")
 
     # Finish the trackers and destroy the process group
