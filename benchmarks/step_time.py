@@ -313,6 +313,7 @@ def _plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     sizes = list(results["sizes"])
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.6), squeeze=False)
@@ -330,6 +331,7 @@ def _plot(results: dict, path: Path) -> None:
             title=f"{size} pair, {results['device']}",
         )
         ax.set_xticks(ks, [str(k) for k in ks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the k values are labelled
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
