@@ -2,7 +2,6 @@
 
 Each subcommand forwards its arguments to its module's `main`."""
 
-import logging
 import sys
 
 
@@ -21,9 +20,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<10} {help_text}")
         print("\n`trl-esr <command> --help` lists a command's options.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    # On CPUs with AVX512-BF16, importing bitsandbytes warns that an optional kernel package (`kernels`, which fetches
-    # from the Hub) is missing; its plain CPU path works. Keep that out of the commands' output.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     module_name, _ = _COMMANDS[argv[0]]
     module = __import__(module_name, fromlist=["main"])
     return module.main(argv[1:]) or 0
