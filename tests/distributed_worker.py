@@ -1,7 +1,7 @@
 """Run by `torchrun --nproc_per_node 2` from test_distributed.py: trains one ESR step per rank and writes a report.
 
-Argv: models_dir output_dir loss_normalization [eos_on_rank1]. With `eos_on_rank1`, rank 1's student can only emit EOS,
-so every rollout there ends at its first token while rank 0's run on.
+Argv: models_dir output_dir loss_normalization [eos_on_rank1] [tokenizer_alignment]. With `eos_on_rank1`, rank 1's
+student can only emit EOS, so every rollout there ends at its first token while rank 0's run on.
 """
 
 import json
@@ -19,7 +19,7 @@ from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
 from trl_esr.tiny_models import build_word_tokenizer  # noqa: E402
 
 
-def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1: str = "") -> None:
+def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1: str = "", alignment="auto") -> None:
     tokenizer = build_word_tokenizer([f"w{i}" for i in range(40)])
     only_eos = [i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id]
     generation_kwargs = {"suppress_tokens": only_eos} if eos_on_rank1 and os.environ["RANK"] == "1" else None
@@ -28,7 +28,7 @@ def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1
         output_dir=output_dir, use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[],
         per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2, learning_rate=1e-2,
         esr_k=6, max_completion_length=12, loss_normalization=loss_normalization, save_strategy="no", seed=0,
-        generation_kwargs=generation_kwargs,
+        generation_kwargs=generation_kwargs, tokenizer_alignment=alignment, esr_diagnostics_steps=0,
     )  # fmt: skip
     trainer = ESRDistillTrainer(
         model=os.path.join(models_dir, "student"),
@@ -38,6 +38,12 @@ def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1
         processing_class=tokenizer,
     )
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
+    aligned = alignment == "always"  # the aligned loss does not go through TRL's kernel: record its normaliser
+    if aligned:
+        compute = trainer._aligned_loss
+        trainer._aligned_loss = lambda s, inputs, n: (
+            spy.calls.append({"num_items_in_batch": n}) or compute(s, inputs, n)
+        )
     initial = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
     trainer.train()
     final = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
@@ -48,7 +54,7 @@ def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1
         "local_tokens": [b["completion_mask"].sum().item() for b in batches],
         "local_rollouts": [b["completion_mask"].size(0) for b in batches],
         "normalisers": [float(c["num_items_in_batch"]) for c in spy.calls],
-        "losses": [c["loss"].item() for c in spy.calls],
+        "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
         "moved": (final - initial).abs().max().item(),
         "final_params": final.tolist()[:2000],
     }

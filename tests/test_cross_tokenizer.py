@@ -119,3 +119,39 @@ def test_teacher_without_chat_template_is_refused(bpe_tokenizer, tokenizer, mode
     args = make_args(min_shared_vocab_fraction=0.0)
     with pytest.raises(ValueError, match="has no chat template to render the chat prompts"):
         train(model_paths["student"], teacher, tokenizer, train_dataset, args, teacher_tokenizer=teacher_tokenizer)
+
+
+@pytest.mark.parametrize("padded", ["teacher", "student"])
+def test_same_tokenizer_with_a_padded_head(padded, tokenizer, train_dataset, make_args, tmp_path):
+    """Same tokens, one head with extra unused rows (like Qwen2.5's 151,936 vs 152,064): the fast path runs with both
+    heads cut to the rows tokens use, and a padded student never samples an id the teacher lacks."""
+    models = {}
+    for name, seed in (("student", 0), ("teacher", 1)):
+        model = build_tiny_causal_lm(tokenizer, "llama", seed=seed)
+        if name == padded:
+            model.resize_token_embeddings(len(tokenizer) + 8)
+        models[name] = save_pretrained(model, tokenizer, tmp_path / name)
+    args = make_args(max_steps=2, suppress_eos=False)
+    trainer = train(models["student"], models["teacher"], tokenizer, train_dataset, args)
+    assert trainer._pairing.mode == "padded" and trainer._pairing.vocab_size == len(tokenizer)
+    spy, batches = DivergenceSpy(trainer), record_batches(trainer)
+    trainer.train()
+    assert all(
+        call["student_lm_head_weight"].size(0) == len(tokenizer) + 8 * (padded == "student") for call in spy.calls
+    )
+    assert all(int(b["completion_ids"].max()) < len(tokenizer) for b in batches)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
+
+
+def test_lora_student_through_the_aligned_path(model_paths, tokenizer, train_dataset, make_args):
+    from peft import LoraConfig
+
+    args = make_args(max_steps=2, tokenizer_alignment="always", learning_rate=1e-2)
+    trainer = ESRDistillTrainer(
+        model=model_paths["student"], teacher_model=model_paths["teacher"], args=args, train_dataset=train_dataset,
+        processing_class=tokenizer, peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )  # fmt: skip
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert trainer._pairing.mode == "aligned" and changed and all("lora_" in n for n in changed)

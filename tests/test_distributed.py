@@ -18,11 +18,17 @@ HERE = Path(__file__).parent
 
 
 @pytest.mark.parametrize(
-    "loss_normalization, eos_on_rank1", [("token", ""), ("sequence", ""), ("token", "eos_on_rank1")]
+    "loss_normalization, eos_on_rank1, alignment",
+    [("token", "", "auto"), ("sequence", "", "auto"), ("token", "eos_on_rank1", "auto"), ("sequence", "", "always")],
 )
-def test_two_processes_share_normaliser_and_gradients(loss_normalization, eos_on_rank1, model_paths, tmp_path):
+def test_two_processes_share_normaliser_and_gradients(
+    loss_normalization, eos_on_rank1, alignment, model_paths, tmp_path
+):
+    """`alignment="always"` sends the pair through the cross-tokenizer path, whose normaliser counts aligned
+    positions (here all of them)."""
     models_dir = str(Path(model_paths["student"]).parent)
-    worker = [str(HERE / "distributed_worker.py"), models_dir, str(tmp_path), loss_normalization, eos_on_rank1]
+    worker = [str(HERE / "distributed_worker.py"), models_dir, str(tmp_path), loss_normalization, eos_on_rank1,
+              alignment]  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *worker]
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -115,3 +115,13 @@ def prepare_teacher(trainer, teacher_model):
     if trainer.is_deepspeed_enabled:
         return prepare_deepspeed(teacher_model, trainer.accelerator)
     return trainer.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+
+
+def suppress_ids_above(trainer, vocab_size: int) -> None:
+    """Never sample token ids >= `vocab_size` with HF `generate` (vLLM rollouts are not covered)."""
+    student_size = trainer.accelerator.unwrap_model(trainer.model).config.get_text_config().vocab_size
+    extra = list(range(vocab_size, student_size))
+    if extra:
+        suppressed = list(trainer.generation_config.suppress_tokens or []) + extra
+        trainer.generation_config.suppress_tokens = suppressed
+        trainer.generation_kwargs["suppress_tokens"] = suppressed

@@ -17,6 +17,7 @@ from ._trl_compat import (
     metrics,
     prepare_teacher,
     replace_divergence_loss,
+    suppress_ids_above,
     tokenizer_of,
 )
 from .config import ESRConfig
@@ -130,6 +131,8 @@ class ESRDistillTrainer(DistillationTrainer):
         )
         if own_teacher is not None:
             self.teacher_model = prepare_teacher(self, own_teacher)
+        if self._pairing.mode == "padded":  # a student head with extra rows must not sample ids the teacher lacks
+            suppress_ids_above(self, self._pairing.vocab_size)
         self._validate_loaded(train_dataset, teacher_model)
         self._teacher_renderer = TeacherPromptRenderer.from_config(
             args, self._pairing, tokenizer_of(self), train_dataset
