@@ -3,52 +3,11 @@ On-policy distillation with Early Stopping Rollout, in the shape of TRL's `trl/s
 
 Run it as `trl-esr train ...`, `python examples/scripts/esr_distill.py ...`, or under `accelerate launch` / `torchrun`
 with the same arguments. Any option can also come from a YAML file given with `--config` (see `examples/configs/`);
-command-line options override the file.
+command-line options override the file. `examples/scripts/esr_distill.py` shows full, LoRA and multi-GPU command
+lines; for QLoRA (student `--load_in_4bit`, teacher `--teacher_load_in_4bit`) on one 24 GB GPU:
 
-# Full training
-```bash
-trl-esr train \
-    --model_name_or_path Qwen/Qwen2.5-Math-1.5B \
-    --teacher_model_name_or_path Qwen/Qwen3-1.7B \
-    --dataset_name AI-MO/NuminaMath-CoT \
-    --dataset_train_split "train[:3200]" \
-    --prompt_column problem \
-    --system_prompt "Please reason step by step, and put your final answer within \\boxed{}." \
-    --esr_k 100 \
-    --learning_rate 5.0e-6 \
-    --per_device_train_batch_size 16 \
-    --max_steps 200 \
-    --dtype bfloat16 \
-    --bf16 \
-    --output_dir Qwen2.5-Math-1.5B-ESR
-```
-
-# LoRA
-```bash
-trl-esr train \
-    --model_name_or_path Qwen/Qwen2.5-Math-1.5B \
-    --teacher_model_name_or_path Qwen/Qwen3-1.7B \
-    --dataset_name AI-MO/NuminaMath-CoT \
-    --dataset_train_split "train[:3200]" \
-    --prompt_column problem \
-    --system_prompt "Please reason step by step, and put your final answer within \\boxed{}." \
-    --esr_k 100 \
-    --learning_rate 5.0e-5 \
-    --per_device_train_batch_size 16 \
-    --max_steps 200 \
-    --dtype bfloat16 \
-    --bf16 \
-    --output_dir Qwen2.5-Math-1.5B-ESR-LoRA \
-    --use_peft \
-    --lora_r 32 \
-    --lora_alpha 64 \
-    --lora_target_modules all-linear
-```
-
-# QLoRA student and 4-bit teacher (one 24 GB GPU)
 ```bash
 trl-esr train --config examples/configs/qwen3_1.7b_from_qwen3_8b_qlora.yaml
-# i.e. the LoRA options plus `--load_in_4bit` (student) and `--teacher_load_in_4bit` (teacher)
 ```
 """
 
