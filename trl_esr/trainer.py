@@ -133,10 +133,10 @@ class ESRDistillTrainer(DistillationTrainer):
             self.teacher_model = prepare_teacher(self, own_teacher)
         if self._pairing.mode == "padded":  # a student head with extra rows must not sample ids the teacher lacks
             suppress_ids_above(self, self._pairing.vocab_size)
-        self._validate_loaded(train_dataset, teacher_model)
         self._teacher_renderer = TeacherPromptRenderer.from_config(
             args, self._pairing, tokenizer_of(self), train_dataset
         )
+        self._validate_loaded(train_dataset)
         self._teacher_prompt = None  # set by `_compute_loss` for `_get_last_hidden_state`
         self._divergence_loss = make_divergence_loss(
             args.loss_normalization, args.loss_temperature, vocab_size=self._pairing.vocab_size
@@ -152,25 +152,25 @@ class ESRDistillTrainer(DistillationTrainer):
         sharded = self.is_fsdp_enabled or (
             self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         )
-        if self._pairing.mode != "same" or sharded or not isinstance(self.train_dataset, Dataset):
-            reason = (
-                "the tokenizers differ"
-                if self._pairing.mode != "same"
-                else "the student is sharded"
-                if sharded
-                else "the training set is a stream"
-            )
+        reasons = {
+            "the tokenizers or head sizes differ": self._pairing.mode != "same",
+            "the student is sharded": sharded,
+            "the training set is a stream": not isinstance(self.train_dataset, Dataset),
+        }
+        if any(reasons.values()):
+            reason = next(reason for reason, applies in reasons.items() if applies)
             logger.warning(f"ESR diagnostics (`esr_diagnostics_steps`) are off for this run: {reason}.")
             return
         self.add_callback(ESRDiagnosticsCallback(self, args.esr_diagnostics_steps, args.esr_diagnostics_num_rollouts))
 
-    def _validate_loaded(self, train_dataset, teacher_model) -> None:
+    def _validate_loaded(self, train_dataset) -> None:
         """The checks that need the tokenizer and the student's context window (see `trl_esr.validation`)."""
         tokenizer = tokenizer_of(self)
         validation.check_tokenizer(tokenizer, train_dataset)
         context = self.model.config.get_text_config().max_position_embeddings
         validation.check_prompt_lengths(tokenizer, train_dataset, self.args.max_completion_length, context)
-        validation.warn_if_teacher_renders_differently(tokenizer, teacher_model, train_dataset)
+        if self._teacher_renderer is None:  # the teacher scores the student's rendering of the prompt
+            validation.warn_if_teacher_renders_differently(tokenizer, self._pairing.teacher_tokenizer, train_dataset)
 
     def _generate_and_score_completions(self, inputs):
         k = esr_k_at_step(self.args, self.state.global_step) if self.model.training else None

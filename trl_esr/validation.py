@@ -7,7 +7,7 @@ dataset run before the models are loaded; the ones that need the tokenizer and t
 import logging
 
 from datasets import Dataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 
 logger = logging.getLogger(__name__)
@@ -99,16 +99,12 @@ def check_prompt_lengths(tokenizer: PreTrainedTokenizerBase, dataset, max_comple
         )
 
 
-def warn_if_teacher_renders_differently(student_tokenizer: PreTrainedTokenizerBase, teacher, dataset) -> None:
+def warn_if_teacher_renders_differently(student_tokenizer, teacher_tokenizer, dataset) -> None:
     """The teacher scores the student's token ids as they are, rendered with the student's chat template. If the
     teacher's own template renders the same conversation differently, its scores are biased: warn."""
-    if not isinstance(teacher, str) or dataset is None or not _is_conversational(dataset):
+    if teacher_tokenizer is None or teacher_tokenizer.chat_template is None or dataset is None:
         return
-    try:
-        teacher_tokenizer = AutoTokenizer.from_pretrained(teacher)
-    except (OSError, ValueError):  # no tokenizer files next to the teacher's weights: nothing to compare
-        return
-    if teacher_tokenizer.chat_template is None:
+    if not _is_conversational(dataset):
         return
     prompt = next(iter(dataset))["prompt"]
     student_text = student_tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
@@ -118,7 +114,7 @@ def warn_if_teacher_renders_differently(student_tokenizer: PreTrainedTokenizerBa
             "The teacher's chat template renders the first prompt differently from the student's:\n"
             f"  student: {student_text!r}\n  teacher: {teacher_text!r}\n"
             "The teacher will score the student's rendering, which biases its guidance. Prefer a pair whose templates "
-            "agree, or give the student the teacher's template."
+            "agree, or set `teacher_chat_template='teacher'` so the teacher sees its own rendering."
         )
 
 
