@@ -9,8 +9,6 @@ import torch
 from trl_esr.diagnostics import (
     PositionStats,
     boxed_answer_checker,
-    last_boxed,
-    normalize_answer,
     recommend_k,
     score_completions,
     summarize,
@@ -130,30 +128,13 @@ def test_summarize_uses_only_alive_rollouts():
     assert summary.teacher_agreement == pytest.approx([1.0, 1.0, 1.0])
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("so \\boxed{1} then \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
-        ("no box here", None),
-        ("cut off \\boxed{\\frac{1}{2", None),
-        ("\\boxed{{a}{b}}", "{a}{b}"),
-    ],
-)
-def test_last_boxed(text, expected):
-    assert last_boxed(text) == expected
-
-
-def test_normalize_answer_drops_what_does_not_change_the_value():
-    assert normalize_answer("$\\left( 1, 2 \\right)$") == "(1,2)"
-    assert normalize_answer("\\frac{1}{2}") != normalize_answer("\\frac{2}{1}")
-
-
 def test_boxed_answer_checker_normalises_and_reads_boxed_references():
     check = boxed_answer_checker("solution")
     row = {"solution": "Thus the answer is $\\boxed{\\left( 1, 2 \\right)}$."}
     assert check(row, "We get \\boxed{(1,2)}")
     assert not check(row, "We get \\boxed{(1,3)}")
     assert not check(row, "We get (1,2)")
+    assert not check(row, "cut off \\boxed{(1,2")  # a response cut inside its box has no answer
     assert boxed_answer_checker()({"answer": " 7 "}, "first \\boxed{8}, finally \\boxed{ 7}")
 
 

@@ -10,7 +10,7 @@ See docs/choosing-k.md.
 """
 
 from .callback import ESRDiagnosticsCallback, kl_within_and_beyond
-from .decay import DecayResult, boxed_answer_checker, last_boxed, normalize_answer, teacher_decay_probe
+from .decay import DecayResult, boxed_answer_checker, teacher_decay_probe
 from .per_position import PositionStats, PositionSummary, sample_completions, score_completions, summarize
 from .prompts import prompt_from_row, tokenize_prompts
 from .recommend import KRecommendation, recommend_k
@@ -28,8 +28,6 @@ __all__ = [
     "boxed_answer_checker",
     "key_numbers",
     "kl_within_and_beyond",
-    "last_boxed",
-    "normalize_answer",
     "prompt_from_row",
     "recommend_k",
     "run_diagnostics",

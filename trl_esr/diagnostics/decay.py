@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..evaluation import answers_match, extract_answer
 from .per_position import eos_token_ids, sample_completions
 
 
@@ -84,36 +85,13 @@ def teacher_decay_probe(
     return DecayResult(list(k_grid), accuracy, num_prompts, num_short)
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` in `text` (nested braces matched), or `None` if there is none or it is
-    unclosed (a response cut by the length limit)."""
-    start = text.rfind("\\boxed{")
-    if start == -1:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for i in range(begin - 1, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[begin:i]
-    return None
-
-
-def normalize_answer(answer: str) -> str:
-    """Drop what does not change a math answer's value: whitespace, `\\left`/`\\right` and `$`."""
-    for token in ("\\left", "\\right", "$"):
-        answer = answer.replace(token, "")
-    return "".join(answer.split())
-
-
 def boxed_answer_checker(answer_column: str = "answer") -> AnswerChecker:
-    """A checker for boxed math: the response's last `\\boxed{}` must equal the row's reference after
-    [`normalize_answer`]. The reference is `row[answer_column]`, or its own last `\\boxed{}` when it has one (e.g. a
-    NuminaMath-CoT `solution`)."""
+    """A checker for boxed math: the response's last `\\boxed{}` must match the row's reference, with the answer
+    normalisation of `trl_esr.evaluation` (the MATH-500 evaluation script's). The reference is `row[answer_column]`, or
+    its own last `\\boxed{}` when it has one (e.g. a NuminaMath-CoT `solution`)."""
 
     def check(row: dict, response: str) -> bool:
-        predicted = last_boxed(response)
         reference = str(row[answer_column])
-        reference = last_boxed(reference) or reference
-        return predicted is not None and normalize_answer(predicted) == normalize_answer(reference)
+        return answers_match(extract_answer(response), extract_answer(reference) or reference)
 
     return check
