@@ -34,8 +34,6 @@ EXIT_RECOMMENDED = 0
 EXIT_BAD_INPUT = 2
 EXIT_NO_RECOMMENDATION = 3
 
-_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
 
 @dataclass
 class SuggestKArguments:
@@ -129,18 +127,12 @@ def _validate(args: SuggestKArguments) -> None:
 
 
 def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
-    from datasets import load_dataset
+    from ..data import load_prompt_dataset
 
-    if args.dataset_files is not None:
-        suffixes = {Path(path).suffix for path in args.dataset_files}
-        if len(suffixes) != 1 or next(iter(suffixes)) not in _DATA_BUILDERS:
-            raise ValueError(f"`--dataset_files` must all be .json, .jsonl or .parquet; got {args.dataset_files}.")
-        missing = [path for path in args.dataset_files if not Path(path).is_file()]
-        if missing:
-            raise ValueError(f"`--dataset_files` not found: {missing}.")
-        dataset = load_dataset(_DATA_BUILDERS[suffixes.pop()], data_files=args.dataset_files, split=args.dataset_split)
-    else:
-        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
+    missing = [path for path in args.dataset_files or [] if not Path(path).is_file()]
+    if missing:
+        raise ValueError(f"`--dataset_files` not found: {missing}.")
+    dataset = load_prompt_dataset(args.dataset_name, dataset_files=args.dataset_files, split=args.dataset_split)
     if "prompt" not in dataset.column_names and "messages" not in dataset.column_names:
         raise ValueError(f"The dataset needs a `prompt` or a `messages` column; it has {dataset.column_names}.")
     if args.probe_k_grid and args.answer_column not in dataset.column_names:
