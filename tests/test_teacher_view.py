@@ -92,3 +92,19 @@ def test_plain_text_prompts_are_refused(model_paths, tokenizer, make_args):
             model=model_paths["student"], teacher_model=model_paths["teacher"], train_dataset=dataset,
             args=make_args(teacher_chat_template_kwargs={"x": 1}), processing_class=tokenizer,
         )  # fmt: skip
+
+
+def test_diagnostics_score_with_the_teachers_view(model_paths, tokenizer, one_prompt_dataset, make_args):
+    args = make_args(max_steps=2, esr_k=4, teacher_chat_template=CHAT_TEMPLATE + " w39", esr_diagnostics_steps=2,
+                     esr_diagnostics_num_rollouts=2)  # fmt: skip
+    trainer = ESRDistillTrainer(
+        model=model_paths["student"], teacher_model=model_paths["teacher"], args=args,
+        train_dataset=one_prompt_dataset, processing_class=tokenizer,
+    )  # fmt: skip
+    teacher_inputs = capture_input_ids(trainer.teacher_model)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "esr/kl_within_k" in entry]
+    assert [entry["step"] for entry in logged] == [2]
+    w39 = tokenizer.convert_tokens_to_ids("w39")
+    diagnostics_forward = teacher_inputs[-1]  # the callback's scoring pass comes after the last training step
+    assert diagnostics_forward.size(1) > 24 and w39 in diagnostics_forward[0].tolist()

@@ -154,7 +154,6 @@ class ESRDistillTrainer(DistillationTrainer):
         )
         reasons = {
             "the tokenizers or head sizes differ": self._pairing.mode != "same",
-            "the teacher sees its own view of the prompt": self._teacher_renderer is not None,
             "the student is sharded": sharded,
             "the training set is a stream": not isinstance(self.train_dataset, Dataset),
         }

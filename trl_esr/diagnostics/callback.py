@@ -80,6 +80,10 @@ class ESRDiagnosticsCallback(TrainerCallback):
         indices = random.Random(self.seed).sample(range(len(dataset)), min(num_rollouts, len(dataset)))
         prompts = [prompt_from_row(dataset[i]) for i in indices]
         self.prompt_ids = tokenize_prompts(trainer.processing_class, prompts)
+        self.teacher_prompt_ids = None  # the teacher's own rendering, when the trainer gives it one
+        if trainer._teacher_renderer is not None:
+            ids, mask = trainer._teacher_renderer(prompts, torch.device("cpu"))
+            self.teacher_prompt_ids = [row[keep.bool()].tolist() for row, keep in zip(ids, mask, strict=True)]
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every_n_steps != 0:
@@ -111,8 +115,9 @@ class ESRDiagnosticsCallback(TrainerCallback):
                     student, self.prompt_ids, generation_config, pad_token_id, eos_ids, self.batch_size, False
                 )
             return score_completions(
-                student, teacher, self.prompt_ids, completions, pad_token_id, self.batch_size, False
-            )
+                student, teacher, self.prompt_ids, completions, pad_token_id, self.batch_size, False,
+                teacher_prompt_ids=self.teacher_prompt_ids,
+            )  # fmt: skip
         finally:
             student.train(was_training)
 

@@ -76,9 +76,12 @@ def score_completions(
     pad_token_id: int,
     batch_size: int = 8,
     show_progress: bool = True,
+    teacher_prompt_ids: list[list[int]] | None = None,
 ) -> PositionStats:
     """Score each completion with one forward of the student and one of the teacher per batch and return the
-    per-token statistics (see [`PositionStats`]). Both models must share the tokenizer and vocabulary.
+    per-token statistics (see [`PositionStats`]). Both models must share the tokenizer and vocabulary. With
+    `teacher_prompt_ids`, the teacher reads the completion after its own rendering of the prompt (the trainer's
+    `teacher_chat_template`), as in training.
 
     This is the single place where the per-position reverse KL is computed; anything that plots or aggregates it
     (the `suggest-k` report, the training callback, the demo) calls this function.
@@ -89,28 +92,34 @@ def score_completions(
     batches = []
     for start in tqdm(range(0, len(prompt_ids), batch_size), desc="scoring", disable=not show_progress):
         prompts, completions = prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size]
-        batches.append(_score_batch(student, teacher, prompts, completions, pad_token_id, length))
+        teacher_prompts = prompts if teacher_prompt_ids is None else teacher_prompt_ids[start : start + batch_size]
+        batches.append(_score_batch(student, teacher, prompts, teacher_prompts, completions, pad_token_id, length))
     return PositionStats(*(torch.cat([batch[i] for batch in batches]) for i in range(5)))
 
 
-def _score_batch(student, teacher, prompts, completions, pad_token_id, length) -> tuple[torch.Tensor, ...]:
+def _score_batch(
+    student, teacher, prompts, teacher_prompts, completions, pad_token_id, length
+) -> tuple[torch.Tensor, ...]:
     device = student.device
-    prompt_tensor, prompt_mask = _left_pad(prompts, pad_token_id, device)  # (b, P)
     completion_tensor = torch.full((len(completions), length), pad_token_id, dtype=torch.long, device=device)
     completion_mask = torch.zeros_like(completion_tensor, dtype=torch.bool)  # (b, C)
     for i, completion in enumerate(completions):
         completion_tensor[i, : len(completion)] = torch.tensor(completion, device=device)
         completion_mask[i, : len(completion)] = True
-    input_ids = torch.cat([prompt_tensor, completion_tensor], dim=1)  # (b, P + C)
-    attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)  # (b, P + C)
-    # Positions count real tokens only, as `generate` does with left padding, so a padded prompt scores like an
-    # unpadded one.
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (b, P + C)
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+    def model_inputs(prompt_rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        prompt_tensor, prompt_mask = _left_pad(prompt_rows, pad_token_id, device)  # (b, P)
+        attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)  # (b, P + C)
+        # Positions count real tokens only, as `generate` does with left padding, so a padded prompt scores like an
+        # unpadded one.
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (b, P + C)
+        input_ids = torch.cat([prompt_tensor, completion_tensor], dim=1)  # (b, P + C)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
     # Logits at positions P-1 .. P+C-2 predict completion tokens 0 .. C-1: keep C + 1 and drop the last.
-    student_logits = student(**inputs, logits_to_keep=length + 1).logits[:, :-1]  # (b, C, V)
-    teacher_logits = teacher(**_to(inputs, teacher.device), logits_to_keep=length + 1).logits[:, :-1]  # (b, C, V)
+    student_logits = student(**model_inputs(prompts), logits_to_keep=length + 1).logits[:, :-1]  # (b, C, V)
+    teacher_inputs = _to(model_inputs(teacher_prompts), teacher.device)
+    teacher_logits = teacher(**teacher_inputs, logits_to_keep=length + 1).logits[:, :-1]  # (b, C, V)
     if student_logits.size(-1) != teacher_logits.size(-1):
         raise ValueError(
             f"The student's vocabulary has {student_logits.size(-1)} entries and the teacher's "
