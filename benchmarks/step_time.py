@@ -10,6 +10,7 @@ warm-up and is left out of the medians.
 """
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -192,21 +193,15 @@ def benchmark(sizes, ks, full_length, steps, batch_size, workdir: Path) -> dict:
         print(
             f"[bench] {size}: student {params['student'] / 1e6:.2f} M, teacher {params['teacher'] / 1e6:.2f} M params"
         )
+
+        esr = functools.partial(run, ESRDistillTrainer, ESRConfig, tokenizer=tokenizer, output_dir=workdir / "out",
+                                steps=steps, batch_size=batch_size)  # fmt: skip
+
         configs = {}
         for k in [None, *ks]:
             name = "full" if k is None else f"k={k}"
             print(f"[bench] {size}: ESR {name} ...", flush=True)
-            configs[name] = run(
-                ESRDistillTrainer,
-                ESRConfig,
-                paths,
-                tokenizer,
-                workdir / "out",
-                steps,
-                batch_size,
-                esr_k=k,
-                max_completion_length=full_length,
-            )
+            configs[name] = esr(paths=paths, esr_k=k, max_completion_length=full_length)
         full = configs["full"]
         for name, result in configs.items():
             k = full_length if name == "full" else int(name[2:])
@@ -231,27 +226,14 @@ def benchmark(sizes, ks, full_length, steps, batch_size, workdir: Path) -> dict:
                 temperature=0.7,  # ESRConfig's sampling defaults: top-p filtering costs time on its own
                 top_p=0.95,
             ),
-            "esr_token": run(
-                ESRDistillTrainer,
-                ESRConfig,
-                paths,
-                tokenizer,
-                workdir / "out",
-                steps,
-                batch_size,
-                esr_k=k,
-                max_completion_length=full_length,
-                loss_normalization="token",
-                loss_temperature=1.0,
-            ),
+            "esr_token": esr(paths=paths, esr_k=k, max_completion_length=full_length, loss_normalization="token"),
             "esr_sequence": configs[f"k={k}"],
         }
         for name in ("esr_token", "esr_sequence"):
             overhead[f"{name}_over_trl"] = overhead[name]["step"] / overhead["trl"]["step"] - 1
         print(f"[bench] {size}: cross-tokenizer teacher at k={k} ...", flush=True)
         cross_paths = {"student": paths["student"], "teacher": paths["cross_tokenizer_teacher"]}
-        cross = run(ESRDistillTrainer, ESRConfig, cross_paths, tokenizer, workdir / "out", steps, batch_size,
-                    esr_k=k, max_completion_length=full_length)  # fmt: skip
+        cross = esr(paths=cross_paths, esr_k=k, max_completion_length=full_length)
         cross["k"], cross["alignment_share"] = k, cross["alignment"] / cross["step"]
         cross["step_over_same_tokenizer"] = cross["step"] / configs[f"k={k}"]["step"]
         results["sizes"][size] = {"params": params, "configs": configs, "overhead": overhead, "cross_tokenizer": cross}
