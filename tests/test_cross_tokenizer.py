@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from trl_esr import ESRDistillTrainer
-from trl_esr.cross_tokenizer import SharedVocabulary, align, student_boundaries, teacher_boundaries
+from trl_esr.cross_tokenizer import Aligner, SharedVocabulary
 from trl_esr.tiny_models import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_causal_lm, save_pretrained
 
 
@@ -31,15 +31,17 @@ def test_alignment_on_a_hand_made_string(bpe_tokenizer, tokenizer):
     response = bpe_tokenizer("w1 w12 é w39", add_special_tokens=False)["input_ids"] + [bpe_tokenizer.eos_token_id]
     assert bpe_tokenizer.convert_ids_to_tokens(response) == \
         ["w", "1", "Ġw", "12", "Ġ", "Ã", "©", "Ġw", "39", "<eos>"]  # fmt: skip
-    text, student = student_boundaries(bpe_tokenizer, response)
+    aligner = Aligner(bpe_tokenizer, tokenizer)
+    text, student = aligner.student_text(response, {bpe_tokenizer.eos_token_id})
     assert text == "w1 w12 é w39"
-    # positions:      w  1  Ġw 12  Ġ  Ã     ©  Ġw  39  <eos>
-    assert student == [0, 1, 2, 4, 6, 7, None, 8, 10, 12]  # "Ã" alone decodes to "�": no boundary
+    # positions:      w  1  Ġw 12  Ġ  Ã   ©  Ġw  39  <eos>
+    assert student == [0, 1, 2, 4, 6, 7, -1, 8, 10, 12]  # after "Ã" alone: inside "é", no boundary
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     assert offsets == [(0, 2), (3, 6), (7, 8), (9, 12)]  # w1, w12, <unk> for "é", w39
-    teacher = teacher_boundaries(offsets)
-    assert teacher == [0, 2, 6, 8, 12]
-    assert align(student, teacher) == [0, -1, 1, -1, 2, -1, -1, 3, -1, 4]
+    ones = torch.ones(1, len(response), dtype=torch.long)
+    aligned = aligner(torch.tensor([response]), ones, [bpe_tokenizer.eos_token_id])
+    assert aligned["teacher_positions"].tolist() == [[0, -1, 1, -1, 2, -1, -1, 3, -1, 4]]
+    assert aligned["teacher_response_ids"].tolist() == [tokenizer(text, add_special_tokens=False)["input_ids"] + [1]]
 
 
 def test_shared_vocabulary(bpe_tokenizer, tokenizer):

@@ -1,74 +1,167 @@
-"""Distillation across tokenizers: align a student rollout with the teacher's tokenization by character offsets.
+"""Distillation across tokenizers: align a student rollout with the teacher's tokenization of the same text.
 
 When teacher and student tokenize differently (another family, or the same vocabulary size with another token->string
 mapping), the teacher cannot score the student's token ids. Following the paper's authors, each student rollout is
-decoded to text, re-tokenized by the teacher, and the two tokenizations are aligned by character offsets:
+turned into text, re-tokenized by the teacher, and the two tokenizations are aligned by position in that text:
 
-- a *boundary* is the character position where a token prefix ends: student position t (which predicts token t) sits at
-  the end of the text of tokens < t; teacher position j at the end of teacher tokens < j;
-- student position t is trained when the teacher has a position at the same boundary: both then predict "the text
-  that comes next" from the same prefix;
+- student position t (which predicts token t) sits at the end of the text of tokens < t; teacher position j at the end
+  of teacher tokens < j. Student position t is trained when the teacher has a position at the same place: both then
+  predict "what comes next" from the same prefix;
 - both next-token distributions are restricted to the *shared vocabulary* (token ids of the two tokenizers whose
-  appended text is identical) and renormalised there; the loss is the same reverse KL as on the fast path.
+  appended text is identical, plus same-named added tokens) and renormalised there; the loss is the same reverse KL
+  as on the fast path.
+
+Exactness on byte-level BPE (Llama-3, Qwen, GPT-2 style), where the naive approach fails:
+
+- The student's text is built from bytes: each token's *appended bytes* are computed once per tokenizer (a table over
+  the vocabulary), a rollout's text is their concatenation. Linear in the rollout length, no clean-up of spaces, and
+  a boundary inside a multi-byte character is simply not a character boundary (never trained).
+- The teacher reports character offsets; for the partial-byte tokens of one character (`'ĠðŁ' (1,3)`, `'İ' (2,3)`,
+  `'ī' (2,3)` for "a 🎉 b") every token gets the whole character's offsets. A teacher boundary therefore counts only
+  where the next token does not start before it (the last partial token of a character is the one that ends it).
+- A teacher whose normaliser applies a Unicode normal form (Qwen: NFC) would tokenize other text than the student
+  wrote. The text is normalised here first, segment by segment (a boundary before an ASCII character is stable under
+  every normal form), and student boundaries inside a segment that normalisation changed are dropped: "Cafe" + U+0301
+  is never paired with the teacher's "Café".
+- Every stop id of the student (TRL stops on the whole generation-config EOS list, e.g. Llama-3-Instruct's 128001,
+  128008 and 128009) ends the text; its position is paired once with the teacher's position after the full text.
+  Literal special-token text the student writes ("<|im_end|>" as characters) is tokenized as text, not as the
+  teacher's special token.
 
 Example: "w1 w12" is `w1 | w12` for a word-level student and `w | 1 | Ġw | 12` for a byte-level BPE teacher. The
 student's boundaries are 0, 2 and 6 (after the end: its EOS position); the teacher's 0, 1, 2, 4 and 6; every student
 position is aligned. Swap the roles and the BPE student's positions at 1 and 4 (inside a word) have no teacher match.
 """
 
+import json
+import re
+import unicodedata
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 from transformers import PreTrainedTokenizerBase
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 
-_REPLACEMENT = "\ufffd"  # what a partial UTF-8 byte sequence decodes to
+_NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+_NON_ASCII_RUN = re.compile(r"[\x00-\x7f]?[^\x00-\x7f]+")  # with the ASCII character a combining mark may follow
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
-def tokenizers_agree(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> bool:
-    """Whether both map the same tokens to the same ids (extra padding rows in a model's head don't matter)."""
-    return student.get_vocab() == teacher.get_vocab()
+def _component_types(tokenizer: PreTrainedTokenizerBase, component: str) -> list[str]:
+    """The `type`s of a fast tokenizer's `"decoder"` or `"normalizer"`, flattened through `Sequence`s."""
+
+    def walk(node):
+        if not node:
+            return []
+        children = node.get("decoders") or node.get("normalizers") or []
+        return [node["type"]] + [t for child in children for t in walk(child)]
+
+    part = getattr(getattr(tokenizer, "backend_tokenizer", None), component, None)
+    return walk(json.loads(part.__getstate__())) if part is not None else []
 
 
-def appended_texts(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
-    """The text each token id adds when it follows other text, or None when that text is not well defined or the id is
-    a special token (those are paired by their own name, see `SharedVocabulary.build`).
+def shares_student_ids(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> bool:
+    """Whether every student token has the same id (and decodes the same way) in the teacher's tokenizer.
 
-    Decoding an id alone is not enough: SentencePiece decoders drop a leading space on the first token. Every id is
-    decoded after the same anchor token (EOS) and the anchor's text is removed.
+    True for identical tokenizers and for a teacher whose tokenizer only adds tokens, like Qwen3 over Qwen2.5
+    (151,669 vs 151,665 tokens: `<tool_response>`, `</tool_response>`, `<think>`, `</think>`). Such a teacher can score
+    the student's ids directly: TRL's fast path applies.
     """
+    return student.get_vocab().items() <= teacher.get_vocab().items() and _component_types(
+        student, "decoder"
+    ) == _component_types(teacher, "decoder")
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
+    """The bytes each token id appends to a text, for every id of `tokenizer` (one pass over the vocabulary).
+
+    Byte-level BPE: the token's characters map back to bytes (GPT-2's byte alphabet), so partial characters are exact.
+    Other tokenizers: the text an id adds after an anchor token (SentencePiece decoders drop a leading space on the
+    first token, so decoding an id alone is not enough), without clean-up of spaces; byte-fallback pieces `<0xE2>` are
+    their byte. Added tokens (specials included) append their content.
+    """
+    added = {i: token.content for i, token in tokenizer.added_tokens_decoder.items()}
+    if "ByteLevel" in _component_types(tokenizer, "decoder"):
+        to_latin1 = {ord(char): byte for byte, char in bytes_to_unicode().items()}  # then one byte per character
+        pieces = tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
+        return [
+            added[i].encode() if i in added else (piece or "").translate(to_latin1).encode("latin-1")
+            for i, piece in enumerate(pieces)
+        ]
     anchor = tokenizer.eos_token_id
-    prefix = tokenizer.decode([anchor], skip_special_tokens=False)
-    decoded = tokenizer.batch_decode([[anchor, i] for i in range(len(tokenizer))], skip_special_tokens=False)
-    special, texts = set(tokenizer.all_special_ids), []
-    for token_id, text in enumerate(decoded):
-        added = text[len(prefix) :] if text.startswith(prefix) else None
-        texts.append(added if added and _REPLACEMENT not in added and token_id not in special else None)
+    prefix = tokenizer.decode([anchor], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    decoded = tokenizer.batch_decode(
+        [[anchor, i] for i in range(len(tokenizer))], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+    pieces = tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
+    table = []
+    for i, (text, piece) in enumerate(zip(decoded, pieces, strict=True)):
+        fallback = _BYTE_FALLBACK.fullmatch(piece or "")
+        if i in added:
+            table.append(added[i].encode())
+        elif fallback:
+            table.append(bytes([int(fallback.group(1), 16)]))
+        else:
+            table.append(text[len(prefix) :].encode() if text.startswith(prefix) else b"")
+    return table
+
+
+def appended_texts(tokenizer: PreTrainedTokenizerBase, table: list[bytes] | None = None) -> list[str | None]:
+    """The text each id appends, or None for added tokens (paired by name in `SharedVocabulary.build`), ids that add
+    nothing, and partial characters (which add no text of their own)."""
+    table = token_bytes(tokenizer) if table is None else table
+    added = set(tokenizer.added_tokens_decoder)
+    texts = []
+    for token_id, data in enumerate(table):
+        try:
+            texts.append(data.decode() if data and token_id not in added else None)
+        except UnicodeDecodeError:
+            texts.append(None)
     return texts
 
 
 @dataclass
 class SharedVocabulary:
-    """Index tensors of the tokens both tokenizers share: `student_ids[i]` and `teacher_ids[i]` add the same text."""
+    """Index tensors of the tokens both tokenizers share: `student_ids[i]` and `teacher_ids[i]` add the same text.
+
+    The pairing is one-to-one, so restricting both distributions to it and renormalising compares like with like. In
+    order: added tokens by name (`<|endoftext|>` with `<|endoftext|>`: identical models then give a KL of 0 whatever
+    each side calls its EOS), the student's EOS with the teacher's EOS when neither is paired yet (end of response maps
+    to end of response across families), then tokens by appended text (the teacher's first id for a text).
+    """
 
     student_ids: torch.Tensor  # (M,)
     teacher_ids: torch.Tensor  # (M,)
     fraction: float  # M / student vocabulary size
 
     @classmethod
-    def build(cls, student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> "SharedVocabulary":
-        teacher_by_text = {}
-        for teacher_id, text in enumerate(appended_texts(teacher)):
-            if text is not None:
-                teacher_by_text.setdefault(text, teacher_id)  # first id wins when several add the same text
-        pairs = {student.eos_token_id: teacher.eos_token_id}  # end of response maps to end of response
+    def build(
+        cls,
+        student: PreTrainedTokenizerBase,
+        teacher: PreTrainedTokenizerBase,
+        student_table: list[bytes] | None = None,
+        teacher_table: list[bytes] | None = None,
+    ) -> "SharedVocabulary":
+        pairs, used = {}, set()
+
+        def pair(student_id, teacher_id):
+            unpaired = student_id not in pairs and teacher_id not in used
+            if student_id is not None and teacher_id is not None and unpaired:
+                pairs[student_id] = teacher_id
+                used.add(teacher_id)
+
         teacher_vocab = teacher.get_vocab()
-        for token in student.all_special_tokens:  # e.g. a padding token both define under the same name
-            if token in teacher_vocab:
-                pairs.setdefault(student.convert_tokens_to_ids(token), teacher_vocab[token])
-        for student_id, text in enumerate(appended_texts(student)):
-            if text in teacher_by_text and student_id not in pairs:
-                pairs[student_id] = teacher_by_text[text]
+        for student_id, token in sorted(student.added_tokens_decoder.items()):
+            pair(student_id, teacher_vocab.get(token.content))
+        pair(student.eos_token_id, teacher.eos_token_id)
+        teacher_by_text = {}
+        for teacher_id, text in enumerate(appended_texts(teacher, teacher_table)):
+            if text is not None:
+                teacher_by_text.setdefault(text, teacher_id)
+        for student_id, text in enumerate(appended_texts(student, student_table)):
+            pair(student_id, teacher_by_text.get(text))
         student_ids = torch.tensor(sorted(pairs))
         teacher_ids = torch.tensor([pairs[i] for i in student_ids.tolist()])
         return cls(student_ids, teacher_ids, len(pairs) / len(student))
@@ -77,64 +170,133 @@ class SharedVocabulary:
         return SharedVocabulary(self.student_ids.to(device), self.teacher_ids.to(device), self.fraction)
 
 
-def student_boundaries(tokenizer: PreTrainedTokenizerBase, response_ids: list[int]) -> tuple[str, list[int | None]]:
-    """The response text and, for each student position t, the end of the text of tokens < t (None when that prefix
-    does not decode to a prefix of the text, e.g. inside a multi-byte character). A final EOS is not part of the text:
-    its position sits at the end."""
-    ends_with_eos = bool(response_ids) and response_ids[-1] == tokenizer.eos_token_id
-    text_ids = response_ids[:-1] if ends_with_eos else response_ids
-    text = tokenizer.decode(text_ids, skip_special_tokens=False)
-    prefixes = tokenizer.batch_decode([text_ids[:t] for t in range(len(text_ids))], skip_special_tokens=False)
-    boundaries = [len(prefix) if text.startswith(prefix) else None for prefix in prefixes]
-    if ends_with_eos:
-        boundaries.append(len(text))
-    return text, boundaries
+def _text_and_char_offsets(data: bytes) -> tuple[str, torch.Tensor]:
+    """Decode UTF-8 `data`, cut before the first invalid or incomplete sequence (an ESR cap can end inside a
+    character). Returns the text and, for each byte offset 0..len(data), the character offset there, or -1 where it
+    is not a character boundary of the text."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as error:
+        text = data[: error.start].decode()
+    valid = len(text.encode())
+    codes = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    starts = torch.ones(len(data) + 1, dtype=torch.bool)
+    starts[: len(data)] = (codes & 0xC0) != 0x80  # not a UTF-8 continuation byte
+    starts[valid] = True  # the end of the decodable text
+    starts[valid + 1 :] = False
+    chars = torch.cumsum(starts.long(), 0) - 1  # (len(data) + 1,)
+    return text, torch.where(starts, chars, -1)
 
 
-def teacher_boundaries(offsets: list[tuple[int, int]]) -> list[int]:
-    """For each teacher position j = 0..len(offsets), the end of the text of teacher tokens < j."""
-    return [0] + [end for _, end in offsets]
+def _normalise(text: str, form: str) -> tuple[str, list[tuple[int, int, int]]]:
+    """`text` in Unicode normal `form`, normalised per segment, and the segments normalisation changed, as
+    (start, end, length change) in `text`'s character offsets."""
+    if text.isascii():
+        return text, []
+    pieces, changes, last = [], [], 0
+    for match in _NON_ASCII_RUN.finditer(text):
+        start, end = match.span()
+        normalised = unicodedata.normalize(form, match.group())
+        if normalised != match.group():
+            pieces += [text[last:start], normalised]
+            changes.append((start, end, len(normalised) - (end - start)))
+            last = end
+    return "".join(pieces) + text[last:], changes
 
 
-def align(student: list[int | None], teacher: list[int]) -> list[int]:
-    """For each student boundary, the first teacher position at the same character, or -1."""
-    first_position = {}
-    for position, boundary in enumerate(teacher):
-        first_position.setdefault(boundary, position)
-    return [first_position.get(boundary, -1) if boundary is not None else -1 for boundary in student]
+def _shift(boundaries: list[int], changes: list[tuple[int, int, int]]) -> list[int]:
+    """Move character boundaries (ascending, -1 = none) into the normalised text; inside a changed segment -> -1."""
+    shifted, delta, index = [], 0, 0
+    for boundary in boundaries:
+        if boundary < 0:
+            shifted.append(-1)
+            continue
+        while index < len(changes) and changes[index][1] <= boundary:
+            delta += changes[index][2]
+            index += 1
+        inside = index < len(changes) and changes[index][0] < boundary < changes[index][1]
+        shifted.append(-1 if inside else boundary + delta)
+    return shifted
 
 
-def align_batch(
-    student_tokenizer: PreTrainedTokenizerBase,
-    teacher_tokenizer: PreTrainedTokenizerBase,
-    completion_ids: torch.Tensor,  # (B, C)
-    loss_mask: torch.Tensor,  # (B, C), 1 = a position ESR trains
-) -> dict[str, torch.Tensor]:
-    """The teacher's tokens for a batch of student rollouts, and which teacher position each student position maps to.
+def _teacher_boundaries(offsets: list[tuple[int, int]]) -> dict[int, int]:
+    """{character offset: first teacher position j whose prefix (tokens < j) ends there}. The prefix after token j-1
+    ends at its end offset unless token j starts before it (token j-1 is then a partial character)."""
+    first = {0: 0}
+    for j in range(1, len(offsets) + 1):
+        end = offsets[j - 1][1]
+        if j == len(offsets) or offsets[j][0] >= end:
+            first.setdefault(end, j)
+    return first
 
-    Returns `teacher_response_ids` / `teacher_response_mask` (B, J): the re-tokenized response, then one EOS slot (its
-    hidden state predicts what follows the full response), right-padded; they follow the teacher's left-padded prompt,
-    so the hidden states of the last J positions predict teacher tokens 0..J-1. And `teacher_positions` (B, C): the
-    teacher position aligned with each student position, -1 where there is none or the position is not trained.
+
+class Aligner:
+    """Re-tokenizes student rollouts for the teacher and maps student positions to teacher positions.
+
+    Built once per trainer: the student's byte table and the teacher's normal form are computed here, so each batch
+    costs one table lookup per student token and one (batched) teacher tokenization.
     """
-    rows, positions = [], torch.full_like(completion_ids, -1)
-    for b in range(completion_ids.size(0)):
-        trained = loss_mask[b].nonzero().flatten()
-        response = completion_ids[b, : int(trained.max()) + 1].tolist() if len(trained) else []
-        text, boundaries = student_boundaries(student_tokenizer, response)
-        encoding = teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        rows.append(encoding["input_ids"] + [teacher_tokenizer.eos_token_id])
-        aligned = torch.tensor(align(boundaries, teacher_boundaries(encoding["offset_mapping"])), dtype=torch.long)
-        positions[b, : len(aligned)] = aligned
-    positions[loss_mask == 0] = -1
-    width = max(len(row) for row in rows)
-    pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
-    response_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=completion_ids.device)
-    response_mask = torch.tensor(
-        [[1] * len(row) + [0] * (width - len(row)) for row in rows], device=completion_ids.device
-    )
-    return {
-        "teacher_response_ids": response_ids,
-        "teacher_response_mask": response_mask,
-        "teacher_positions": positions,
-    }
+
+    def __init__(self, student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, student_table=None):
+        self.teacher = teacher
+        self.student_table = token_bytes(student) if student_table is None else student_table
+        forms = [form for form in _component_types(teacher, "normalizer") if form in _NORMAL_FORMS]
+        self.normal_form = forms[0] if forms else None
+
+    def student_text(self, response: list[int], stop_ids: set[int]) -> tuple[str, list[int]]:
+        """The text of a rollout's tokens and, per student position, where its prefix ends in that text (-1 inside a
+        character). A final stop token adds no text; its position sits at the end."""
+        ends = bool(response) and response[-1] in stop_ids
+        text_ids = response[:-1] if ends else response
+        pieces = [self.student_table[i] for i in text_ids]
+        text, char_at = _text_and_char_offsets(b"".join(pieces))
+        byte_offsets = list(accumulate((len(piece) for piece in pieces), initial=0))  # (T + 1,)
+        boundaries = char_at[byte_offsets if ends else byte_offsets[:-1]].tolist()
+        if self.normal_form is not None:
+            text, changes = _normalise(text, self.normal_form)
+            boundaries = _shift(boundaries, changes)
+        return text, boundaries
+
+    def __call__(self, completion_ids: torch.Tensor, loss_mask: torch.Tensor, stop_ids) -> dict[str, torch.Tensor]:
+        """The teacher's tokens for a batch of student rollouts, and which teacher position each student position maps
+        to. `completion_ids` / `loss_mask` are (B, C), the mask 1 where ESR trains.
+
+        Returns `teacher_response_ids` / `teacher_response_mask` (B, J): the re-tokenized response, then one EOS slot
+        (its hidden state predicts what follows the full response), right-padded; they follow the teacher's
+        left-padded prompt, so the hidden states of the last J positions predict teacher tokens 0..J-1. And
+        `teacher_positions` (B, C): the teacher position aligned with each student position, -1 where there is none
+        or the position is not trained.
+        """
+        stop_ids = set(stop_ids)
+        texts, boundaries = [], []
+        for b in range(completion_ids.size(0)):
+            trained = loss_mask[b].nonzero().flatten()
+            response = completion_ids[b, : int(trained.max()) + 1].tolist() if len(trained) else []
+            text, student = self.student_text(response, stop_ids)
+            texts.append(text)
+            boundaries.append(student)
+        encodings = self.teacher(
+            texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+        )  # split_special_tokens: "<|im_end|>" written by the student is text, not the teacher's special token
+        positions, rows = torch.full_like(completion_ids, -1), []
+        for b, (ids, offsets) in enumerate(zip(encodings["input_ids"], encodings["offset_mapping"], strict=True)):
+            teacher = _teacher_boundaries(offsets)
+            aligned = [teacher.get(boundary, -1) if boundary >= 0 else -1 for boundary in boundaries[b]]
+            positions[b, : len(aligned)] = torch.tensor(aligned, dtype=torch.long)
+            rows.append(ids + [self.teacher.eos_token_id])
+        positions[loss_mask == 0] = -1
+        width = max(len(row) for row in rows)
+        pad_id = self.teacher.pad_token_id if self.teacher.pad_token_id is not None else 0
+        device = completion_ids.device
+        return {
+            "teacher_response_ids": torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device),
+            "teacher_response_mask": torch.tensor(
+                [[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device
+            ),
+            "teacher_positions": positions,
+        }
+
+
+def align_batch(aligner: Aligner, completion_ids, loss_mask, stop_ids) -> dict[str, torch.Tensor]:
+    """`aligner(completion_ids, loss_mask, stop_ids)`: a module-level seam the benchmark times."""
+    return aligner(completion_ids, loss_mask, stop_ids)

@@ -19,7 +19,7 @@ import torch
 import torch.utils.checkpoint
 from torch.distributed.tensor import DTensor
 
-from ._trl_compat import chunked_divergence_loss
+from ._trl_compat import chunked_divergence_loss, logit_scale
 
 
 def make_divergence_loss(normalization: str, loss_temperature: float, vocab_size: int | None = None) -> Callable:
@@ -178,10 +178,10 @@ def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def logit_postprocessor(config) -> Callable:
-    """The scale and soft-capping a model applies to its logits (Cohere's `logit_scale`, Gemma-2's
-    `final_logit_softcapping`), as TRL's kernel applies them; the identity for most models."""
+    """The scale and soft-capping a model applies to its logits, as TRL's `_compute_loss` applies them (scale first,
+    see `trl_esr._trl_compat.logit_scale`; then Gemma-2's `final_logit_softcapping`); the identity for most models."""
     config = config.get_text_config()
-    scale = getattr(config, "logit_scale", None) or 1.0
+    scale = logit_scale(config)
     softcap = getattr(config, "final_logit_softcapping", None)
 
     def post(logits: torch.Tensor) -> torch.Tensor:
