@@ -17,6 +17,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m benchmarks.step_time $(ARGS)
 
+# The paper-shape benchmark (docs/benchmarks.md): the paper's pair on one CUDA GPU; ARGS="--shapes tiny" on CPU.
+.PHONY: bench-paper
+bench-paper: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m benchmarks.paper_shape $(ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
