@@ -127,3 +127,107 @@ def test_suggest_k_bad_input_exits_2(llama_paths, dataset_file, tmp_path, capsys
 
 def test_suggest_k_unknown_argument_exits_2(capsys):
     assert main(["--no_such_option", "1"]) == EXIT_BAD_INPUT
+
+
+# Hardening (issue 13): no crash after the rollouts, inputs checked before any model loads, caveats in the report.
+
+
+def synthetic_result(kl_mean, alive):
+    from trl_esr.diagnostics import DiagnosticsResult, PositionSummary, recommend_k
+
+    n = len(kl_mean)
+    summary = PositionSummary(alive, kl_mean, {"q10": kl_mean, "q90": kl_mean}, [0.0] * n, [0.0] * n, [1.0] * n)
+    completions = [[0] * sum(a > i for a in alive) for i in range(max(alive, default=0))]
+    return DiagnosticsResult({}, summary, recommend_k(kl_mean, alive, 0.45), completion_ids=completions)
+
+
+def test_key_numbers_when_k_is_the_last_position():
+    """Two positions, all the KL on the last: k = 2 leaves nothing beyond it (was a ZeroDivisionError)."""
+    from trl_esr.diagnostics.report import caveats, key_numbers
+
+    result = synthetic_result([0.0, 1.0], [4, 4])
+    numbers = key_numbers(result)
+    assert numbers["k"] == 2 and numbers["mean_kl_beyond_k"] is None and numbers["mean_kl_within_k"] == 0.5
+    notes = caveats(result, numbers)
+    assert any("nothing lies beyond it" in note for note in notes)
+    assert any("only 1 rollout" in note.lower() or "Only 4 rollout" in note for note in notes)
+    assert any("kl_share_within_paper_k is None" in note and "2 tokens" in note for note in notes)
+
+
+def test_caveats_flag_a_flat_curve_but_not_a_decaying_one():
+    from trl_esr.diagnostics.report import caveats
+
+    flat = caveats(synthetic_result([1.0] * 200, [64] * 200))
+    assert any(note.startswith("No decay visible") for note in flat)
+    assert not any("Only" in note or "paper_k" in note for note in flat)  # 64 rollouts, 200 positions
+    early = caveats(synthetic_result([5.0] * 20 + [0.5] * 180, [64] * 200))
+    assert early == []
+
+
+@pytest.mark.parametrize("length", ["1", "2"])
+def test_suggest_k_with_tiny_rollouts_writes_the_report(llama_paths, dataset_file, tmp_path, capsys, length):
+    argv = command(llama_paths, dataset_file, tmp_path, max_completion_length=length, num_prompts=2)
+    assert main(argv) in (EXIT_RECOMMENDED, EXIT_NO_RECOMMENDATION)
+    out = capsys.readouterr().out
+    assert "Caveat: Only 2 rollout(s)" in out and "kl_share_within_paper_k is None" in out
+    report = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert report["caveats"] and len(report["per_position"]["alive"]) <= int(length)
+    assert "**Caveats:**" in (tmp_path / "diagnostics.md").read_text()
+
+
+def test_suggest_k_prompt_column_and_local_file_as_dataset_name(llama_paths, tmp_path, capsys):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps({"problem": " ".join(WORDS[i : i + 3])}) + "\n" for i in range(4)))
+    argv = command(llama_paths, str(path), tmp_path / "out", num_prompts=4)
+    assert main(argv) == EXIT_BAD_INPUT
+    assert "--prompt_column" in capsys.readouterr().err
+    argv = [a if a != "--dataset_files" else "--dataset_name" for a in argv]  # a local file given as a Hub name
+    assert main([*argv, "--prompt_column", "problem"]) in (EXIT_RECOMMENDED, EXIT_NO_RECOMMENDATION)
+    report = json.loads((tmp_path / "out" / "diagnostics.json").read_text())
+    assert report["settings"]["prompt_column"] == "problem" and report["per_position"]["alive"][0] == 4
+
+
+def bad_inputs(tmp_path, llama_paths):
+    """(overrides, expected message) pairs that must all fail before any model is loaded."""
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "w1 w2"}\n{"prompt": "w3" \n')
+    (tmp_path / "list.jsonl").write_text('{"prompt": "w1 w2"}\n["w3"]\n')
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    return [
+        ({"threshold": 1}, "must be in (0, 1)"),
+        ({"threshold": 0}, "must be in (0, 1)"),
+        ({"temperature": 0}, "`--temperature` must be > 0"),
+        ({"top_p": 0}, "`--top_p` in (0, 1]"),
+        ({"num_prompts": 0}, "`--num_prompts` must be a positive integer"),
+        ({"batch_size": -1}, "`--batch_size` must be a positive integer"),
+        ({"model_name_or_path": llama_paths["student"] + "x"}, "`--model_name_or_path`"),
+        ({"model_name_or_path": "./models/studnet"}, "not found"),
+        ({"teacher_model_name_or_path": "no-such-model"}, "HF_HUB_OFFLINE=1"),
+        ({"teacher_model_name_or_path": str(tmp_path / "not_a_model")}, "is a folder but not a model"),
+        ({"teacher_model_name_or_path": str(tmp_path / "a_file")}, "is a file"),
+        ({"student_adapter_path": str(tmp_path / "not_a_model")}, "`--student_adapter_path`"),
+        ({"dataset_files": str(tmp_path / "empty.jsonl")}, "is empty"),
+        ({"dataset_files": str(tmp_path / "broken.jsonl")}, "broken.jsonl line 2 is not valid JSON"),
+        ({"dataset_files": str(tmp_path / "list.jsonl")}, "line 2 is a JSON list"),
+        ({"dataset_files": str(tmp_path)}, "is a folder"),
+        ({"dataset_split": "train[:0]"}, "`--dataset_split` 'train[:0]'"),
+        ({"dataset_split": "test"}, "single 'train' split"),
+        ({"output_dir": str(tmp_path / "a_file")}, "`--output_dir`"),
+    ]
+
+
+def test_suggest_k_bad_inputs_fail_before_loading_models(llama_paths, dataset_file, tmp_path, capsys, monkeypatch):
+    import trl_esr.diagnostics.cli as suggest_cli
+
+    def no_loading(args):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(suggest_cli, "_load_models", no_loading)
+    for overrides, message in bad_inputs(tmp_path, llama_paths):
+        options = {"output_dir": tmp_path / "out", **overrides}
+        assert main(command(llama_paths, dataset_file, **options)) == EXIT_BAD_INPUT, overrides
+        err = capsys.readouterr().err
+        assert message in err, (overrides, err)
+        errors = [line for line in err.splitlines() if "trl-esr suggest-k: error:" in line]
+        assert len(errors) == 1 and "Traceback" not in err, err  # one line, no traceback

@@ -2,12 +2,16 @@
 
 Each failure raises one `ValueError` that names the problem and the fix. Checks that only need the config and the
 dataset run before the models are loaded; the ones that need the tokenizer and the model's context run right after.
+The command-line checks at the end (model paths, dataset files, output paths) run before anything is loaded.
 """
 
+import json
 import logging
+import os
+from pathlib import Path
 
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 logger = logging.getLogger(__name__)
@@ -120,3 +124,158 @@ def warn_if_teacher_renders_differently(student_tokenizer, teacher_tokenizer, da
 
 def _is_conversational(dataset) -> bool:
     return isinstance(next(iter(dataset))["prompt"], list)
+
+
+def check_models(model, teacher_model, processing_class) -> None:
+    """A teacher is given; a student built in Python (no path to load a tokenizer from) comes with its tokenizer."""
+    if teacher_model is None:
+        raise ValueError(
+            "`teacher_model` is None: on-policy distillation needs a teacher to score the student's rollouts. Pass "
+            "`teacher_model=` (a Hub id, a local folder or a loaded model)."
+        )
+    if processing_class is None and isinstance(model, PreTrainedModel) and not model.config._name_or_path:
+        raise ValueError(
+            "The student was built in Python (its config has no `name_or_path`), so there is no folder to load its "
+            "tokenizer from. Pass the tokenizer as `processing_class=`."
+        )
+
+
+# Command-line inputs: checked before any model or dataset is loaded.
+
+# Extensions that mark a `--dataset_name` (or a model id) as a local file rather than a Hub id.
+_DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `org/name`; anything else (`./x`, `/abs`, `~/x`, `a/b/c`, `x.jsonl`) is a local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith(("~", ".")) or Path(name).suffix.lower() in _DATA_FILE_SUFFIXES:
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def check_model_path(option: str, name: str | None, adapter: bool = False) -> None:
+    """`name` (the value of `--option`) is a model folder, or has the form of a Hub id (cached, when offline).
+
+    With `adapter`, a PEFT adapter folder (`adapter_config.json`) is accepted too."""
+    if name is None:
+        return
+    path = Path(name).expanduser()
+    markers = ("config.json", "adapter_config.json") if adapter else ("config.json",)
+    if path.is_file():
+        raise ValueError(f"`--{option}` {name!r} is a file; give the folder that holds the model's config.json.")
+    if path.is_dir():
+        if not any((path / marker).is_file() for marker in markers):
+            raise ValueError(
+                f"`--{option}` {name!r} is a folder but not a model: it holds no {' or '.join(markers)}. Point it at "
+                "the folder `save_pretrained` wrote (for a training run, `output_dir` or one of its checkpoint-N)."
+            )
+        return
+    if _looks_like_path(name):
+        raise ValueError(
+            f"`--{option}` {name!r} not found: there is no such folder, and it is not a Hub id ('name' or "
+            "'org/name'). Check the spelling."
+        )
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, markers[0]), str):
+        raise ValueError(
+            f"`--{option}` {name!r} not found: no local folder of that name, and the Hub model is not in the cache "
+            "while HF_HUB_OFFLINE=1. Check the spelling, give a local folder, or download it with the network on."
+        )
+
+
+def resolve_dataset_source(dataset_name: str | None, dataset_files: list[str] | None):
+    """`(dataset_name, dataset_files)` with a local file given as `--dataset_name` moved to `--dataset_files`; every
+    file exists and is not empty. A `--dataset_name` that is a path must exist."""
+    if dataset_name is not None and not dataset_files:
+        path = Path(dataset_name).expanduser()
+        if path.is_file():
+            logger.info(f"`--dataset_name` {dataset_name!r} is a local file: loading it as `--dataset_files`.")
+            dataset_name, dataset_files = None, [str(path)]
+        elif not path.is_dir() and _looks_like_path(dataset_name):
+            raise ValueError(
+                f"`--dataset_name` {dataset_name!r} not found: there is no such file or folder, and it is not a Hub "
+                "dataset id ('name' or 'org/name'). Check the spelling; local files go in `--dataset_files`."
+            )
+    for file in dataset_files or []:
+        path = Path(file).expanduser()
+        if not path.exists():
+            raise ValueError(f"`--dataset_files`: {file!r} not found. Check the path.")
+        if path.is_dir():
+            raise ValueError(
+                f"`--dataset_files`: {file!r} is a folder; list its .json/.jsonl/.parquet files, or pass the "
+                "folder as `--dataset_name`."
+            )
+        if path.stat().st_size == 0:
+            raise ValueError(f"`--dataset_files`: {file!r} is empty. It needs one prompt per line (JSONL).")
+    return dataset_name, dataset_files
+
+
+def explain_dataset_error(dataset_files: list[str] | None, error: Exception) -> Exception:
+    """A clearer error for a local JSON Lines file that `datasets` failed to read: the file and line that is not JSON.
+    Returns `error` itself when no such line is found."""
+    for file in dataset_files or []:
+        if Path(file).suffix.lower() not in (".json", ".jsonl"):
+            continue
+        with open(file, encoding="utf-8", errors="replace") as f:
+            first = f.read(1)
+            if first == "[":  # one JSON array: `datasets` reads it whole
+                continue
+            f.seek(0)
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as decode_error:
+                    return ValueError(
+                        f"`--dataset_files`: {file} line {number} is not valid JSON ({decode_error.msg}): "
+                        f"{line.strip()[:80]!r}. Each line must be one JSON object."
+                    )
+                if not isinstance(row, dict):
+                    return ValueError(
+                        f"`--dataset_files`: {file} line {number} is a JSON {type(row).__name__}, not an object: "
+                        f'{line.strip()[:80]!r}. Each line must be one object, e.g. {{"prompt": "..."}}.'
+                    )
+    return error
+
+
+def explain_split_error(option: str, split: str, local_files: bool, error: Exception) -> Exception:
+    """A clearer error for a split that `datasets` cannot find or that selects nothing, naming `--option`."""
+    message = str(error)
+    if not ("split" in message.lower() or "corresponds to no data" in message):
+        return error
+    hint = (
+        " Local `--dataset_files` form a single 'train' split: take a slice of it, e.g. 'train[:90%]' / 'train[90%:]'."
+        if local_files
+        else " Check the dataset's split names on its Hub page."
+    )
+    return ValueError(f"`--{option}` {split!r}: {message}{hint}")
+
+
+def check_output_dir(option: str, path: str) -> None:
+    """`path` can be a folder to write into (it may not exist yet): not a file, with a writable ancestor."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"`--{option}` {path!r} is a file; give a folder to write into.")
+    existing = next(parent for parent in [target, *target.absolute().parents] if parent.exists())
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"`--{option}` {path!r}: {existing} is not writable. Choose another folder.")
+
+
+def check_output_file(option: str, path: str) -> None:
+    """`path` can be written: its folder exists and is writable, and it is not a folder itself."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ValueError(f"`--{option}` {path!r} is a folder; give a file name, e.g. {Path(path) / 'results.jsonl'}.")
+    folder = target.parent
+    if not folder.is_dir():
+        raise ValueError(f"`--{option}` {path!r}: the folder {str(folder)!r} does not exist. Create it first.")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"`--{option}` {path!r} is not writable. Choose another path.")

@@ -19,14 +19,13 @@ teacher and student agree too closely for the KL curve to say anything; the repo
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from trl import TrlParser
 
 from .decay import boxed_answer_checker
 from .recommend import DEFAULT_THRESHOLD
-from .report import key_numbers, write_report
+from .report import caveats, key_numbers, write_report
 from .run import run_diagnostics
 
 
@@ -59,6 +58,13 @@ class SuggestKArguments:
         metadata={"help": "Local .json/.jsonl/.parquet files to take prompts from (instead of a Hub set)."},
     )
     dataset_split: str = field(default="train", metadata={"help": "Dataset split."})
+    prompt_column: str = field(
+        default="prompt",
+        metadata={
+            "help": "Column holding the prompt (a string or chat messages), e.g. 'problem' for NuminaMath-CoT. "
+            "Without it, prompts come from a 'messages' column minus its final assistant turn."
+        },
+    )
     answer_column: str = field(
         default="answer",
         metadata={"help": "Column with the reference answer for the teacher-decay probe (its last \\boxed{} if any)."},
@@ -76,7 +82,9 @@ class SuggestKArguments:
     seed: int = field(default=42, metadata={"help": "Seed: the same seed and batch size give the same numbers."})
     threshold: float = field(
         default=DEFAULT_THRESHOLD,
-        metadata={"help": "Share of the total per-position KL the first k tokens must hold (paper: about 45%%)."},
+        metadata={
+            "help": "Share of the total per-position KL the first k tokens must hold, in (0, 1) (paper: about 45%%)."
+        },
     )
     output_dir: str = field(default="esr-diagnostics", metadata={"help": "Where the JSON, plots and report go."})
     probe_k_grid: list[int] = field(
@@ -110,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args: SuggestKArguments) -> None:
+    """Every argument that can be checked without loading anything; raises `ValueError` naming the option."""
+    from ..validation import check_model_path, check_output_dir, resolve_dataset_source
+
     if args.model_name_or_path is None or args.teacher_model_name_or_path is None:
         raise ValueError("Both `--model_name_or_path` and `--teacher_model_name_or_path` are required.")
     if (args.dataset_name is None) == (args.dataset_files is None):
@@ -117,24 +128,43 @@ def _validate(args: SuggestKArguments) -> None:
     for name in ("num_prompts", "max_completion_length", "batch_size"):
         if getattr(args, name) <= 0:
             raise ValueError(f"`--{name}` must be a positive integer, got {getattr(args, name)}.")
-    if not 0 < args.threshold <= 1:
-        raise ValueError(f"`--threshold` must be in (0, 1], got {args.threshold}. The paper's rule uses 0.45.")
+    if not 0 < args.threshold < 1:
+        raise ValueError(
+            f"`--threshold` must be in (0, 1), got {args.threshold}: it is the share of the total KL the first k "
+            "tokens hold, and a share of 1 would put k at the end of every rollout. The paper's rule uses 0.45."
+        )
+    if not args.temperature > 0 or not 0 < args.top_p <= 1:
+        raise ValueError(
+            f"`--temperature` must be > 0 and `--top_p` in (0, 1] (the rollouts are sampled); got {args.temperature} "
+            f"and {args.top_p}. The paper samples at 0.7 and 0.95."
+        )
     if any(not 0 <= k < args.max_completion_length for k in args.probe_k_grid):
         raise ValueError(
             f"Every `--probe_k_grid` value must be in [0, {args.max_completion_length}) (`--max_completion_length`); "
             f"got {args.probe_k_grid}."
         )
+    check_model_path("model_name_or_path", args.model_name_or_path)
+    check_model_path("teacher_model_name_or_path", args.teacher_model_name_or_path)
+    check_model_path("student_adapter_path", args.student_adapter_path, adapter=True)
+    args.dataset_name, args.dataset_files = resolve_dataset_source(args.dataset_name, args.dataset_files)
+    check_output_dir("output_dir", args.output_dir)
 
 
 def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
-    from ..data import load_prompt_dataset
+    from datasets.exceptions import DatasetGenerationError
 
-    missing = [path for path in args.dataset_files or [] if not Path(path).is_file()]
-    if missing:
-        raise ValueError(f"`--dataset_files` not found: {missing}.")
-    dataset = load_prompt_dataset(args.dataset_name, dataset_files=args.dataset_files, split=args.dataset_split)
-    if "prompt" not in dataset.column_names and "messages" not in dataset.column_names:
-        raise ValueError(f"The dataset needs a `prompt` or a `messages` column; it has {dataset.column_names}.")
+    from ..data import load_prompt_dataset, to_prompt_dataset
+    from ..validation import explain_dataset_error, explain_split_error
+
+    try:
+        dataset = load_prompt_dataset(args.dataset_name, dataset_files=args.dataset_files, split=args.dataset_split)
+    except DatasetGenerationError as error:
+        raise explain_dataset_error(args.dataset_files, error) from error
+    except ValueError as error:
+        raise explain_split_error("dataset_split", args.dataset_split, bool(args.dataset_files), error) from error
+    if len(dataset) == 0:
+        raise ValueError(f"The dataset split `--dataset_split` {args.dataset_split!r} has no rows.")
+    dataset = to_prompt_dataset(dataset, args.prompt_column)  # names `--prompt_column` when it finds no prompt
     if args.probe_k_grid and args.answer_column not in dataset.column_names:
         raise ValueError(
             f"The teacher-decay probe grades answers from `--answer_column` '{args.answer_column}', which the dataset "
@@ -186,6 +216,7 @@ def _model_settings(args: SuggestKArguments) -> dict:
         "dtype": args.dtype,
         "dataset": args.dataset_name or args.dataset_files,
         "dataset_split": args.dataset_split,
+        "prompt_column": args.prompt_column,
     }
 
 
@@ -193,6 +224,8 @@ def _print_summary(result, paths: dict) -> None:
     rec, numbers = result.recommendation, key_numbers(result)
     print(f"\nRecommended k = {rec.k}" if rec.k is not None else "\nNo k can be recommended.")
     print(rec.reason)
+    for note in caveats(result, numbers):
+        print(f"Caveat: {note}")
     for name, value in numbers.items():
         print(f"  {name:<26} {f'{value:.4g}' if isinstance(value, float) else value}")
     if result.decay is not None:

@@ -9,6 +9,11 @@ from .run import DiagnosticsResult
 
 # The paper's default horizon (its N = 100): the report says what share of the KL it would cover on your pair.
 PAPER_K = 100
+# Fewer rollouts than this and the per-position curve is mostly sampling noise (the default is 64).
+FEW_ROLLOUTS = 8
+# If the KL per token before k and after k are within this factor of each other, the curve is flat: k then only
+# follows the threshold times the rollout length. A judgement call, not a number from the paper.
+FLAT_RATIO = 1.2
 
 
 def key_numbers(result: DiagnosticsResult) -> dict:
@@ -25,16 +30,51 @@ def key_numbers(result: DiagnosticsResult) -> dict:
     }
     if rec.k is not None:
         # Token-weighted means, as in `recommend_k`: the KL summed over alive rollouts, over the tokens alive.
+        # k can be the last position (a threshold near 1, or very short rollouts): nothing lies beyond it then.
         within = sum(m * n for m, n in zip(kl[: rec.k], alive[: rec.k], strict=True)) / sum(alive[: rec.k])
         beyond_tokens = sum(alive[rec.k :])
-        beyond = sum(m * n for m, n in zip(kl[rec.k :], alive[rec.k :], strict=True)) / beyond_tokens
+        beyond_kl = sum(m * n for m, n in zip(kl[rec.k :], alive[rec.k :], strict=True))
+        beyond = beyond_kl / beyond_tokens if beyond_tokens else None
         numbers.update(
             kl_share_within_k=rec.cumulative_share[rec.k - 1],
             mean_kl_within_k=within,
-            mean_kl_beyond_k=beyond if beyond_tokens else None,
+            mean_kl_beyond_k=beyond,
             kl_share_within_paper_k=rec.cumulative_share[PAPER_K - 1] if len(alive) >= PAPER_K else None,
         )
     return numbers
+
+
+def caveats(result: DiagnosticsResult, numbers: dict | None = None) -> list[str]:
+    """What a reader must know before trusting the recommendation: too few rollouts, a flat curve, nothing beyond k,
+    rollouts shorter than the paper's k."""
+    numbers = key_numbers(result) if numbers is None else numbers
+    notes = []
+    if 0 < numbers["num_rollouts"] < FEW_ROLLOUTS:
+        notes.append(
+            f"Only {numbers['num_rollouts']} rollout(s) were scored: the per-position curve is mostly sampling noise. "
+            f"Use `--num_prompts` {FEW_ROLLOUTS * 4} or more (the default is 64)."
+        )
+    if numbers["k"] is None:
+        return notes
+    within, beyond = numbers["mean_kl_within_k"], numbers["mean_kl_beyond_k"]
+    if beyond is None:
+        notes.append(
+            f"k = {numbers['k']} is the last position the rollouts reach: nothing lies beyond it, so ESR would not "
+            "stop them. Lower `--threshold` or raise `--max_completion_length`."
+        )
+    elif beyond > 0 and 1 / FLAT_RATIO < within / beyond < FLAT_RATIO:
+        notes.append(
+            f"No decay visible: the first k tokens carry {within:.3g} nats of KL per token, the rest {beyond:.3g}. "
+            "The curve is flat, so k only follows the threshold times the rollout length and says little about where "
+            "the teacher's guidance degrades (untrained or random models look like this). Check with "
+            "`--probe_k_grid`, or start from the paper's k = 100."
+        )
+    if numbers["kl_share_within_paper_k"] is None:
+        notes.append(
+            f"kl_share_within_paper_k is None: the longest rollout has {numbers['max_response_length']} tokens, fewer "
+            f"than the paper's k = {PAPER_K}, which would therefore never stop one."
+        )
+    return notes
 
 
 def write_report(result: DiagnosticsResult, output_dir: str | Path, extra_settings: dict | None = None) -> dict:
@@ -45,6 +85,7 @@ def write_report(result: DiagnosticsResult, output_dir: str | Path, extra_settin
     payload = {
         "settings": {**result.settings, **(extra_settings or {})},
         "key_numbers": numbers,
+        "caveats": caveats(result, numbers),
         "recommendation": asdict(result.recommendation),
         "per_position": asdict(result.summary),
         "teacher_decay": asdict(result.decay) if result.decay is not None else None,
@@ -121,6 +162,9 @@ def _markdown(result: DiagnosticsResult, numbers: dict, paths: dict) -> str:
     headline = f"**Recommended k = {rec.k}.**" if rec.k is not None else "**No k can be recommended.**"
     lines = ["# ESR diagnostics: choosing k", "", f"{headline} {rec.reason}", "", "| quantity | value |", "|---|---|"]
     lines += [f"| {name} | {_format(value)} |" for name, value in numbers.items()]
+    notes = caveats(result, numbers)
+    if notes:
+        lines += ["", "**Caveats:**", ""] + [f"- {note}" for note in notes]
     if result.decay is not None:
         lines += ["", "Teacher accuracy continuing from a student prefix of k tokens:", ""]
         lines += ["| k | accuracy | prompts |", "|---|---|---|"]
