@@ -229,22 +229,93 @@ class EvaluateArguments:
     )
 
 
-def evaluate(args: EvaluateArguments) -> dict:
-    """Generate (or read) the responses, score them, optionally write them out; returns the scores."""
+def _read_responses_file(path: str) -> list[dict]:
+    """The rows of a `--responses_file`, each checked: one JSON object per line with `answer` and `responses`."""
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"`--responses_file` {path} line {number} is not valid JSON ({error.msg}).") from None
+            if not isinstance(row, dict) or "answer" not in row or not isinstance(row.get("responses"), list):
+                raise ValueError(
+                    f"`--responses_file` {path} line {number} needs an 'answer' and a 'responses' list, as "
+                    f"`--output_file` writes them; got {line.strip()[:80]!r}."
+                )
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"`--responses_file` {path} is empty.")
+    return rows
+
+
+def _load_problems(args: "EvaluateArguments"):
+    """The evaluation split: a Hub dataset, a local dataset folder, or one local .json/.jsonl/.parquet file."""
+    from pathlib import Path
+
     from datasets import load_dataset
 
+    path = Path(args.dataset_name).expanduser()
+    builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(path.suffix.lower())
+    if path.is_file() and builder is not None:  # the file is the split that `--dataset_split` names
+        split_name = args.dataset_split.split("[")[0]
+        dataset = load_dataset(builder, data_files={split_name: str(path)}, split=args.dataset_split)
+    else:
+        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
+    missing = [
+        f"`--{option}` {column!r}"
+        for option, column in (("problem_column", args.problem_column), ("answer_column", args.answer_column))
+        if column not in dataset.column_names
+    ]
+    if missing:
+        raise ValueError(
+            f"The dataset has no column {' and no column '.join(missing)}; its columns are {dataset.column_names}."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"`--dataset_split` {args.dataset_split!r} has no rows.")
+    return dataset[args.problem_column], [str(a) for a in dataset[args.answer_column]]
+
+
+def validate_arguments(args: "EvaluateArguments") -> None:
+    """Everything that can be checked before a model is loaded or a response generated: raises `ValueError` naming
+    the option."""
+    from .validation import check_model_path, check_output_file
+
+    if args.output_file is not None:  # checked first: generating everything, then failing to write it, loses it all
+        check_output_file("output_file", args.output_file)
     if args.responses_file is not None:
-        rows = [json.loads(line) for line in open(args.responses_file) if line.strip()]
+        from pathlib import Path
+
+        if not Path(args.responses_file).is_file():
+            raise ValueError(f"`--responses_file` {args.responses_file!r} not found (or not a file).")
+        return
+    if args.model_name_or_path is None:
+        raise ValueError("Set `--model_name_or_path` (or `--responses_file` to score saved responses).")
+    for name in ("n", "max_new_tokens", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"`--{name}` must be a positive integer, got {getattr(args, name)}.")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise ValueError(
+            f"`--temperature` must be >= 0 (0 = greedy) and `--top_p` in (0, 1]; got {args.temperature} and "
+            f"{args.top_p}. The paper samples at 0.7 and 0.95."
+        )
+    check_model_path("model_name_or_path", args.model_name_or_path, adapter=True)
+
+
+def evaluate(args: EvaluateArguments) -> dict:
+    """Generate (or read) the responses, score them, optionally write them out; returns the scores."""
+    validate_arguments(args)
+    if args.responses_file is not None:
+        rows = _read_responses_file(args.responses_file)
         problems = [row.get("problem", "") for row in rows]
         references, responses = [row["answer"] for row in rows], [row["responses"] for row in rows]
     else:
-        if args.model_name_or_path is None:
-            raise ValueError("Set `--model_name_or_path` (or `--responses_file` to score saved responses).")
         from transformers import set_seed
 
         set_seed(args.seed)
-        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
-        problems, references = dataset[args.problem_column], [str(a) for a in dataset[args.answer_column]]
+        problems, references = _load_problems(args)  # before the model: a wrong column fails in seconds
         model, tokenizer = load_model(args.model_name_or_path, args.dtype)
         prompts = chat_prompts(tokenizer, problems, args.system_prompt)
         sampling = (args.n, args.temperature, args.top_p, args.max_new_tokens)
@@ -272,9 +343,16 @@ def evaluate(args: EvaluateArguments) -> dict:
     return {key: value for key, value in scores.items() if key != "correct"}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
     from trl import TrlParser
 
     (args,) = TrlParser((EvaluateArguments,)).parse_args_and_config(args=argv)
-    scores = evaluate(args)
+    try:
+        scores = evaluate(args)
+    except ValueError as error:  # a bad option: one line, no traceback
+        print(f"evaluate_boxed: error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(scores))
+    return 0

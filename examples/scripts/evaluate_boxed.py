@@ -19,8 +19,10 @@ python examples/scripts/evaluate_boxed.py --responses_file math500_samples.jsonl
 ```
 """
 
+import sys
+
 from trl_esr.evaluation import main
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Issue 13 (hardening, round 2): every bad input fails with one message naming the option and the fix, before any
+model is loaded where possible, and finished work is never lost. One test per row of docs/reliability.md's
+"Command line" table that is not covered in test_validation.py, test_script.py, test_guards.py or
+test_diagnostics_cli.py."""
+
+import json
+
+import pytest
+from datasets import Dataset
+
+import trl_esr.evaluation as evaluation
+from trl_esr.evaluation import EvaluateArguments, evaluate
+from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
+
+
+# examples/scripts/evaluate_boxed.py (trl_esr/evaluation.py)
+
+
+@pytest.fixture
+def eval_setup(tokenizer, tmp_path):
+    model = save_pretrained(build_tiny_causal_lm(tokenizer, "llama", hidden_size=32), tokenizer, tmp_path / "m")
+    data = tmp_path / "math.jsonl"
+    Dataset.from_dict({"problem": ["w1 w2", "w3 w4"], "answer": ["w1", "w2"]}).to_json(data)
+    return model, str(data)
+
+
+def bad_evaluation_inputs(tmp_path, model, data):
+    (tmp_path / "broken.jsonl").write_text('{"answer": "1", "responses": ["a"]}\n{"answer": \n')
+    (tmp_path / "wrong.jsonl").write_text('{"answer": "1", "response": "a"}\n')
+    return [
+        ({"output_file": str(tmp_path / "missing_dir" / "x.jsonl")}, "the folder"),
+        ({"output_file": str(tmp_path)}, "is a folder"),
+        ({"model_name_or_path": model + "x"}, "`--model_name_or_path`"),
+        ({"n": 0}, "`--n` must be a positive integer"),
+        ({"max_new_tokens": -1}, "`--max_new_tokens`"),
+        ({"temperature": -0.1}, "`--temperature` must be >= 0"),
+        ({"problem_column": "question"}, "`--problem_column` 'question'"),
+        ({"answer_column": "solution"}, "`--answer_column` 'solution'"),
+        ({"responses_file": str(tmp_path / "nope.jsonl")}, "not found"),
+        ({"responses_file": str(tmp_path / "broken.jsonl")}, "line 2 is not valid JSON"),
+        ({"responses_file": str(tmp_path / "wrong.jsonl")}, "line 1 needs an 'answer' and a 'responses' list"),
+    ]
+
+
+def test_evaluate_checks_every_input_before_loading_the_model(eval_setup, tmp_path, monkeypatch, capsys):
+    model, data = eval_setup
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(evaluation, "load_model", no_loading)
+    for overrides, message in bad_evaluation_inputs(tmp_path, model, data):
+        options = {"model_name_or_path": model, "dataset_name": data, "max_new_tokens": 2, **overrides}
+        argv = [item for name, value in options.items() for item in (f"--{name}", str(value))]
+        assert evaluation.main(argv) == 2, overrides
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("evaluate_boxed: error:")]
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, (overrides, err)
+
+
+def test_evaluate_reads_a_local_file_as_dataset_name(eval_setup, tmp_path):
+    model, data = eval_setup  # a .jsonl file, not a folder: it becomes the split `--dataset_split` names
+    out = tmp_path / "samples.jsonl"
+    args = EvaluateArguments(
+        model_name_or_path=model, dataset_name=data, dataset_split="test[:1]", n=2, max_new_tokens=3, dtype="float32",
+        output_file=str(out),
+    )  # fmt: skip
+    assert evaluate(args)["problems"] == 1
+    assert len(json.loads(out.read_text())["responses"]) == 2
