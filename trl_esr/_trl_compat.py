@@ -16,13 +16,17 @@ What we rely on:
   student, then (through `_forward_redirection`) for the unwrapped teacher, with the same `input_ids`.
 - Rollout length is read from `trainer.generation_config.max_new_tokens` (HF generate; `trainer.generation_kwargs`
   overrides the model's own generation config), from `trainer.vllm_generation.max_completion_length` (vLLM, read on
-  every call), and from `trainer.max_completion_length` (the tool-calling loop's budget).
+  every call), and from `trainer.max_completion_length` (the tool-calling loop's budget). Sampled ids are restricted
+  through `trainer.generation_config.suppress_tokens` (HF) and `trainer.vllm_generation.generation_kwargs` (vLLM).
 - `trainer._tokenizer` is the text tokenizer (the processing class itself, or a processor's tokenizer), with the pad
   token TRL defaults to EOS.
 - For a teacher TRL would refuse (another head size), `load_teacher` / `prepare_teacher` repeat what
   `DistillationTrainer.__init__` does with a teacher: `create_model_from_path` with `teacher_model_init_kwargs`, then
   `prepare_deepspeed` or `accelerator.prepare_model(evaluation_mode=True)`.
 - `trainer._metrics[mode]` is the dict of lists that `DistillationTrainer.log` averages and logs.
+- With `use_vllm=True, vllm_mode="colocate"`, `DistillationTrainer.__init__` builds the vLLM engine
+  (`VLLMGeneration._init_vllm`); `trainer.vllm_generation.generation_kwargs` is merged into every request's sampling
+  parameters (`SamplingParams` in colocate mode, the request body in server mode).
 """
 
 import contextlib
@@ -32,6 +36,8 @@ import torch
 from trl.models import prepare_deepspeed
 from trl.trainer import distillation_trainer as _distillation_module
 from trl.trainer.utils import create_model_from_path
+
+from ._vllm_compat import cpu_engine_keeps_weights
 
 
 # TRL multiplies `completion_mask` by `inputs["tool_mask"]` to decide which completion tokens are trained (it masks
@@ -84,6 +90,12 @@ def cap_rollout_length(trainer, max_new_tokens: int | None) -> Iterator[None]:
             trainer.vllm_generation.max_completion_length = saved_vllm
 
 
+def building_vllm_engine(args) -> contextlib.AbstractContextManager:
+    """Wrap `DistillationTrainer.__init__`, which builds the colocated vLLM engine, with what that engine needs here
+    (on a CPU-only machine: linear layers that keep their weights, so TRL's weight sync reaches them)."""
+    return cpu_engine_keeps_weights(args.use_vllm and args.vllm_mode == "colocate")
+
+
 def metrics(trainer, mode: str) -> dict[str, list[float]]:
     """The per-mode metric lists that `DistillationTrainer.log` averages and logs next to TRL's own."""
     return trainer._metrics[mode]
@@ -118,10 +130,18 @@ def prepare_teacher(trainer, teacher_model):
 
 
 def suppress_ids_above(trainer, vocab_size: int) -> None:
-    """Never sample token ids >= `vocab_size` with HF `generate` (vLLM rollouts are not covered)."""
+    """Never sample token ids >= `vocab_size`: HF `generate` suppresses them (`suppress_tokens`), vLLM (colocate or
+    server) samples only from `allowed_token_ids`, intersected with any the user set in `generation_kwargs`."""
     student_size = trainer.accelerator.unwrap_model(trainer.model).config.get_text_config().vocab_size
     extra = list(range(vocab_size, student_size))
-    if extra:
-        suppressed = list(trainer.generation_config.suppress_tokens or []) + extra
-        trainer.generation_config.suppress_tokens = suppressed
-        trainer.generation_kwargs["suppress_tokens"] = suppressed
+    if not extra:
+        return
+    suppressed = list(trainer.generation_config.suppress_tokens or []) + extra
+    trainer.generation_config.suppress_tokens = suppressed
+    trainer.generation_kwargs["suppress_tokens"] = suppressed
+    if trainer.use_vllm:
+        # A new dict: TRL's vLLM kwargs may be the user's `args.generation_kwargs` object itself.
+        vllm_kwargs = trainer.vllm_generation.generation_kwargs
+        allowed = vllm_kwargs.get("allowed_token_ids") or range(vocab_size)
+        allowed = [token_id for token_id in allowed if token_id < vocab_size]
+        trainer.vllm_generation.generation_kwargs = {**vllm_kwargs, "allowed_token_ids": allowed}

@@ -12,6 +12,7 @@ from trl.trainer.utils import get_config_model_id
 from . import validation
 from ._trl_compat import (
     LOSS_MASK_KEY,
+    building_vllm_engine,
     cap_rollout_length,
     load_teacher,
     metrics,
@@ -116,19 +117,20 @@ class ESRDistillTrainer(DistillationTrainer):
         validation.check_dataset(train_dataset, args, num_processes=args.world_size)  # before loading any model
         self._pairing = TokenizerPairing.detect(args, model, teacher_model, processing_class, teacher_processing_class)
         own_teacher = load_teacher(args, teacher_model) if self._pairing.loads_teacher_itself else None
-        super().__init__(
-            model,
-            teacher_model if own_teacher is None else None,  # TRL refuses a teacher with another head size
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=self._pairing.processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-        )
+        with building_vllm_engine(args):  # a CPU engine must keep its weights for TRL's weight sync
+            super().__init__(
+                model,
+                teacher_model if own_teacher is None else None,  # TRL refuses a teacher with another head size
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=self._pairing.processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                tools=tools,
+            )
         if own_teacher is not None:
             self.teacher_model = prepare_teacher(self, own_teacher)
         if self._pairing.mode == "padded":  # a student head with extra rows must not sample ids the teacher lacks
