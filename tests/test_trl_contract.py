@@ -120,3 +120,29 @@ def test_compute_loss_runs_student_then_teacher_through_get_last_hidden_state(tr
     teacher = trl_trainer.accelerator.unwrap_model(trl_trainer.teacher_model)
     assert [call[0] for call in calls] == [trl_trainer.accelerator.unwrap_model(trl_trainer.model), teacher]
     assert calls[0][1:] == calls[1][1:] == (torch.Size([2, 7]), 4)  # same input ids; the completion is last
+
+
+def test_stop_token_ids_are_what_trl_generates_with(trl_trainer, tokenizer):
+    assert _trl_compat.stop_token_ids(trl_trainer) == [tokenizer.eos_token_id]
+    assert '"eos_token_id": self.eos_token_ids' in inspect.getsource(DistillationTrainer)  # HF generate's stop list
+
+
+@pytest.mark.parametrize(
+    "attribute, value, expected",
+    [("logit_scale", 2.0, 2.0), ("output_multiplier", 3.0, 3.0), ("lm_head_multiplier", 0.5, 0.5),
+     ("logits_scaling", 4.0, 0.25), (None, None, 1.0)],
+)  # fmt: skip
+def test_logit_scale_is_the_one_trl_applies(trl_trainer, attribute, value, expected):
+    config = trl_trainer.model.config
+    if attribute is not None:
+        setattr(config, attribute, value)
+    received = {}
+
+    def spy(*args, **kwargs):
+        received["scale"] = kwargs["student_logit_scale"]
+        return _trl_compat.chunked_divergence_loss(*args, **kwargs)
+
+    trl_trainer.model.eval()
+    with _trl_compat.replace_divergence_loss(spy):
+        trl_trainer.compute_loss(trl_trainer.model, batch_with_loss_mask())
+    assert received["scale"] == expected == _trl_compat.logit_scale(config.get_text_config())

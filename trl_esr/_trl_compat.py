@@ -101,6 +101,26 @@ def metrics(trainer, mode: str) -> dict[str, list[float]]:
     return trainer._metrics[mode]
 
 
+def stop_token_ids(trainer) -> list[int]:
+    """Every id that ends a rollout: TRL stops generation on the student's whole generation-config EOS list (plus the
+    tokenizer's EOS), e.g. 128001, 128008 and 128009 for Llama-3-Instruct."""
+    return trainer.eos_token_ids
+
+
+def logit_scale(config) -> float:
+    """The multiplier `DistillationTrainer._compute_loss` applies to a model's logits before soft-capping, read from
+    its text config the way TRL reads it: `logit_scale` (Cohere), `output_multiplier`, `lm_head_multiplier`
+    (Falcon-H1), or `logits_scaling` (divided by, as in Granite and MiniCPM3; multiplied by for HyperCLOVA X)."""
+    scale = getattr(config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(config, "lm_head_multiplier", None)
+    if scale is None and getattr(config, "logits_scaling", None) is not None:
+        scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
+    return 1.0 if scale is None else scale
+
+
 def tokenizer_of(trainer):
     """The text tokenizer TRL resolved from `processing_class` (a processor's `.tokenizer` for vision-language
     models)."""

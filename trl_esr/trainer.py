@@ -18,6 +18,7 @@ from ._trl_compat import (
     metrics,
     prepare_teacher,
     replace_divergence_loss,
+    stop_token_ids,
     suppress_ids_above,
     tokenizer_of,
 )
@@ -189,7 +190,7 @@ class ESRDistillTrainer(DistillationTrainer):
             )
         if self._pairing.mode == "aligned":  # train only positions the teacher's tokenization also has
             loss_mask = completion_mask * batch.get(LOSS_MASK_KEY, 1)
-            batch.update(align_batch(tokenizer_of(self), self._pairing.teacher_tokenizer, completion_ids, loss_mask))
+            batch.update(align_batch(self._pairing.aligner, completion_ids, loss_mask, stop_token_ids(self)))
             batch[LOSS_MASK_KEY] = (batch["teacher_positions"] >= 0).long()
         if self.model.training:
             self._count_trained(batch, k, loss_mask=completion_mask * batch.get(LOSS_MASK_KEY, 1))
@@ -202,7 +203,7 @@ class ESRDistillTrainer(DistillationTrainer):
         horizon = k if k is not None else self.args.max_completion_length
         within_k = torch.arange(completion_ids.size(1), device=completion_ids.device) < horizon  # (C,)
 
-        eos_ids = torch.tensor(self.eos_token_ids, device=completion_ids.device)
+        eos_ids = torch.tensor(stop_token_ids(self), device=completion_ids.device)
         ended_within_k = (torch.isin(completion_ids, eos_ids) & completion_mask.bool() & within_k).any(dim=1)  # (B,)
         trained_per_rollout = loss_mask.sum(dim=1)  # (B,)
         counts = torch.stack(
