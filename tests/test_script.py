@@ -135,6 +135,9 @@ class LocalHubApi:
     def __init__(self, root: Path):
         self.root, self.created, self.uploads = root, [], []
 
+    def whoami(self, token=None):  # the script checks Hub access before training
+        return {"name": "me"}
+
     def create_repo(self, repo_id, token=None, private=None, exist_ok=False):
         self.created.append(repo_id)
         return type("RepoUrl", (), {"repo_id": repo_id})()
@@ -273,3 +276,85 @@ def test_dataset_errors_name_the_fix(tmp_path):
         load_prompt_dataset("some/dataset", dataset_files=["a.jsonl"])
     with pytest.raises(ValueError, match=r"\.parquet"):
         load_prompt_dataset(dataset_files=["a.jsonl", "b.csv"])
+
+
+# Hardening (issue 13): bad options fail in one line before any model loads; checkpoints are never trained over.
+
+
+def run_failing(argv, monkeypatch, capsys) -> str:
+    """`main(argv)` must exit with status 2 before building the trainer; returns its one error line."""
+    import trl_esr.scripts.esr_distill as script
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("the trainer was built")
+
+    monkeypatch.setattr(script, "ESRDistillTrainer", no_trainer)
+    with pytest.raises(SystemExit) as exit_:
+        script.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("trl-esr train: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_bad_train_options_fail_in_one_line_before_loading(llama_paths, chat_dataset_dir, tokenizer, tmp_path,
+                                                          monkeypatch, capsys):  # fmt: skip
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "w1"}\n{"prompt": "w2"\n')
+    (tmp_path / "recipe.yaml").write_text("esr_kk: 4\nmax_completion_length: 8\n")
+    (tmp_path / "not_a_model").mkdir()
+    base = script_argv(llama_paths, tmp_path / "run", tokenizer.eos_token_id)
+    cases = [
+        (["--dataset_name", chat_dataset_dir, "--model_name_or_path", llama_paths["student"] + "x"],
+         "`--model_name_or_path`"),
+        (["--dataset_name", chat_dataset_dir, "--teacher_model_name_or_path", "./models/teachr"],
+         "`--teacher_model_name_or_path` './models/teachr' not found"),
+        (["--dataset_name", chat_dataset_dir, "--teacher_model_name_or_path", str(tmp_path / "not_a_model")],
+         "is a folder but not a model"),
+        (["--dataset_name", "data/prompts.jsonl"], "`--dataset_name` 'data/prompts.jsonl' not found"),
+        (["--dataset_files", str(tmp_path / "missing.jsonl")], "not found"),
+        (["--dataset_files", str(tmp_path / "broken.jsonl")], "broken.jsonl line 2 is not valid JSON"),
+        (["--dataset_name", chat_dataset_dir, "--config", str(tmp_path / "recipe.yaml")],
+         "Unknown key(s) in the `--config` file: 'esr_kk' (did you mean 'esr_k'?)"),
+        (["--dataset_files", str(tmp_path / "broken.jsonl"), "--eval_strategy", "steps"], "--dataset_test_split"),
+        (["--dataset_name", chat_dataset_dir, "--dataset_train_split", "validation"], "`--dataset_train_split`"),
+        (["--dataset_name", chat_dataset_dir, "--temperature", "0"], "`temperature` must be > 0"),
+        (["--dataset_name", chat_dataset_dir, "--push_to_hub"], "`--push_to_hub` needs the network, but HF_HUB_OFF"),
+        (["--dataset_name", chat_dataset_dir, "--resume_from_checkpoint"], "holds none"),
+        (["--dataset_name", chat_dataset_dir, "--resume_from_checkpoint", str(tmp_path / "ckpt")], "not found"),
+        (["--dataset_name", chat_dataset_dir, "--output_dir", str(tmp_path / "broken.jsonl")], "is a file"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        line = run_failing([*base, *extra], monkeypatch, capsys)
+        assert message in line, (extra, line)
+
+
+def test_an_output_dir_with_checkpoints_is_resumed_or_refused(llama_paths, chat_dataset_dir, tokenizer, tmp_path,
+                                                             monkeypatch, capsys):  # fmt: skip
+    out = tmp_path / "run"
+    local_file = os.path.join(chat_dataset_dir, "train.jsonl")  # a local file as `--dataset_name` is accepted
+    argv = script_argv(llama_paths, out, tokenizer.eos_token_id, "--dataset_name", local_file)
+    argv = [*argv, "--save_strategy", "steps", "--save_steps", "2"]
+    run_script(argv)  # 2 steps, checkpoint-2
+    assert (out / "checkpoint-2").is_dir()
+
+    for resume in (["--resume_from_checkpoint"], ["--resume_from_checkpoint", "True"]):
+        trainer = run_script([*argv, "--max_steps", "3", *resume])
+        printed = capsys.readouterr().out
+        assert f"Resuming from {out / 'checkpoint-2'}" in printed, resume
+        assert trainer.state.global_step == 3
+        steps = [entry["step"] for entry in trainer.state.log_history if "loss" in entry]
+        assert steps == [1, 2, 3]  # steps 1-2 from the checkpoint's history, step 3 trained now
+        shutil.rmtree(out / "checkpoint-3")
+
+    # Rerunning the same command never silently restarts from step 0 ...
+    line = run_failing([*argv, "--max_steps", "3"], monkeypatch, capsys)
+    assert (
+        "already holds checkpoint-2" in line
+        and "--resume_from_checkpoint" in line
+        and "--overwrite_output_dir" in line
+    )
+    monkeypatch.undo()
+    # ... unless asked to
+    trainer = run_script([*argv, "--max_steps", "1", "--overwrite_output_dir"])
+    assert trainer.state.global_step == 1 and "Resuming" not in capsys.readouterr().out

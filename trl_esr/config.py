@@ -111,6 +111,16 @@ class ESRConfig(DistillationConfig):
         default=0.95,
         metadata={"help": "Top-p (nucleus) sampling parameter for on-policy generation."},
     )
+    # TRL's field, taking no value on the command line too: a bare `--resume_from_checkpoint` means "the latest".
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint folder to resume from. Given without a value (or as 'True'), `trl-esr train` resumes "
+            "from the latest checkpoint-N in `output_dir`, as `Trainer.train(resume_from_checkpoint=True)` does.",
+            "nargs": "?",
+            "const": "True",
+        },
+    )
 
     # Parameters that control the rollout horizon
     esr_k: int | None = field(
@@ -277,6 +287,14 @@ class ESRConfig(DistillationConfig):
                 f"`max_consecutive_nonfinite_steps` must be an int >= 0 (0 = never stop), got "
                 f"{self.max_consecutive_nonfinite_steps!r}."
             )
+        if not self.temperature > 0:
+            raise ValueError(
+                f"`temperature` must be > 0 (on-policy distillation samples the student's rollouts), got "
+                f"{self.temperature}. The paper samples at 0.7; for greedy rollouts set "
+                "`generation_kwargs={'do_sample': False}` instead."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}. The paper uses 0.95; 1.0 turns it off.")
         if not self.loss_temperature > 0:
             raise ValueError(f"`loss_temperature` must be > 0, got {self.loss_temperature}. The paper uses 1.0.")
 

@@ -12,11 +12,16 @@ trl-esr train --config examples/configs/qwen3_1.7b_from_qwen3_8b_qlora.yaml
 """
 
 import dataclasses
+import difflib
+import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
+from .. import validation
 from ..config import ESRConfig
 from ..data import load_prompt_dataset, to_prompt_dataset
 from ..trainer import ESRDistillTrainer
@@ -74,22 +79,175 @@ class ESRScriptArguments(ScriptArguments):
         default=False,
         metadata={"help": "Load the teacher in 8 bits (bitsandbytes)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an `output_dir` that holds checkpoints of an earlier one (its checkpoint-N "
+            "folders are overwritten as the new run saves). Without it, such a run stops before loading anything and "
+            "says how to resume."
+        },
+    )
 
     def __post_init__(self):
         if self.teacher_load_in_4bit and self.teacher_load_in_8bit:
             raise ValueError("`teacher_load_in_4bit` and `teacher_load_in_8bit` are exclusive: choose one.")
 
 
+class StrictTrlParser(TrlParser):
+    """`TrlParser` that reports unknown keys of a `--config` file first, before the dataclasses are built: otherwise
+    a typo (`esr_kk: 4`) surfaces as an error about the default it failed to override."""
+
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        known = {action.dest for action in self._actions}
+        unknown = [key for key in kwargs if key not in known]
+        if unknown:
+            hints = [
+                f"{key!r} (did you mean {match[0]!r}?)" if (match := difflib.get_close_matches(key, known, n=1))
+                else repr(key)
+                for key in unknown
+            ]  # fmt: skip
+            raise ValueError(
+                f"Unknown key(s) in the `--config` file: {', '.join(hints)}. Fix or remove them; `{self.prog} --help` "
+                "lists every option."
+            )
+        return super().set_defaults_with_config(**kwargs)
+
+
 def make_parser() -> TrlParser:
-    return TrlParser((ESRScriptArguments, ESRConfig, ModelConfig), prog="trl-esr train")
+    return StrictTrlParser((ESRScriptArguments, ESRConfig, ModelConfig), prog="trl-esr train")
+
+
+# Deprecation warnings that TRL's generation helper (`unwrap_model_for_generation`) triggers in transformers 5 at
+# every rollout, whatever the user set: not theirs to act on.
+_TRL_DEPRECATIONS = r"`(is_gradient_checkpointing|gradient_checkpointing_(enable|disable))` is deprecated"
 
 
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
-    train(script_args, training_args, model_args)
+    warnings.filterwarnings("ignore", message=_TRL_DEPRECATIONS, category=FutureWarning)
+    try:  # a bad option or input: one line naming it, before any model is loaded
+        script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+        resume = check_arguments(script_args, training_args, model_args)
+    except (ValueError, OSError) as error:
+        _exit_with(error)
+    try:
+        train(script_args, training_args, model_args, resume_from_checkpoint=resume)
+    except InputError as error:  # a bad dataset, read before any model loads
+        _exit_with(error)
 
 
-def train(script_args: ESRScriptArguments, training_args: ESRConfig, model_args: ModelConfig) -> None:
+class InputError(ValueError):
+    """A bad input found by `train` before any model is loaded (the datasets): reported in one line by `main`."""
+
+
+def _exit_with(error: Exception):
+    print(f"trl-esr train: error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def check_arguments(script_args: ESRScriptArguments, training_args: ESRConfig, model_args: ModelConfig) -> str | None:
+    """Check everything that needs no model: models and datasets exist, outputs can be written, the Hub can be reached
+    for `--push_to_hub`. Returns the checkpoint to resume from (a path) or `None`. Raises `ValueError` naming the
+    option and the fix."""
+    if training_args.teacher_model_name_or_path is None:
+        raise ValueError("A teacher model is required. Set it with `--teacher_model_name_or_path`.")
+    if model_args.model_name_or_path is None:
+        raise ValueError("A student model is required. Set it with `--model_name_or_path`.")
+    validation.check_model_path("model_name_or_path", model_args.model_name_or_path, adapter=True)
+    validation.check_model_path("teacher_model_name_or_path", training_args.teacher_model_name_or_path)
+    validation.check_model_path("teacher_tokenizer_name_or_path", training_args.teacher_tokenizer_name_or_path)
+    script_args.dataset_name, script_args.dataset_files = validation.resolve_dataset_source(
+        script_args.dataset_name, script_args.dataset_files
+    )
+    if (
+        training_args.eval_strategy != "no"
+        and script_args.dataset_files
+        and script_args.dataset_test_split.split("[")[0] != "train"
+    ):
+        raise ValueError(
+            f"`--eval_strategy {training_args.eval_strategy}` evaluates on `--dataset_test_split` "
+            f"{script_args.dataset_test_split!r}, but local `--dataset_files` form a single 'train' split. Hold out a "
+            "slice of it: `--dataset_train_split 'train[:90%]' --dataset_test_split 'train[90%:]'`."
+        )
+    validation.check_output_dir("output_dir", training_args.output_dir)
+    if training_args.push_to_hub:
+        _check_hub_access(training_args.hub_token)
+    return _checkpoint_to_resume(training_args, script_args.overwrite_output_dir)
+
+
+def _checkpoint_to_resume(training_args: ESRConfig, overwrite: bool) -> str | None:
+    """The checkpoint folder to resume from: `--resume_from_checkpoint PATH`, or the latest checkpoint-N in
+    `output_dir` for a bare `--resume_from_checkpoint` (or `True`). An `output_dir` that holds checkpoints is never
+    silently trained over from step 0."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir, resume = training_args.output_dir, training_args.resume_from_checkpoint
+    latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if isinstance(resume, str) and resume.lower() in ("false", "none", ""):
+        resume = None
+    if resume is True or (isinstance(resume, str) and resume.lower() in ("true", "latest")):
+        if latest is None:
+            raise ValueError(
+                f"`--resume_from_checkpoint` without a path resumes from the latest checkpoint-N in `--output_dir` "
+                f"{output_dir!r}, but it holds none. Give a checkpoint path, or drop the option to start a new run."
+            )
+        return latest
+    if resume is not None:
+        if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+            what = "not found" if not os.path.exists(resume) else "is not a checkpoint (no trainer_state.json)"
+            raise ValueError(
+                f"`--resume_from_checkpoint` {resume!r} {what}. Give a checkpoint-N folder of an earlier run, or "
+                f"pass the option without a value to resume from the latest one in `--output_dir`."
+            )
+        return resume
+    if latest is not None and not overwrite:
+        raise ValueError(
+            f"`--output_dir` {output_dir!r} already holds {os.path.basename(latest)} from an earlier run. Resume it "
+            "with `--resume_from_checkpoint` (no value: the latest checkpoint), or start over with "
+            "`--overwrite_output_dir` or another `--output_dir`."
+        )
+    return None
+
+
+def _check_hub_access(token: str | None) -> None:
+    """`--push_to_hub` fails only after training otherwise (or with a long network traceback when the trainer is
+    built): check the network and the token now."""
+    import transformers.trainer
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    try:
+        transformers.trainer.hf_api().whoami(token=token)
+    except LocalTokenNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise ValueError(_offline_push_message()) from None
+        raise ValueError(
+            "`--push_to_hub` needs a Hub token: log in with `hf auth login`, set HF_TOKEN, or pass `--hub_token`."
+        ) from None
+    except Exception as error:  # network errors come from several libraries (httpx, requests, huggingface_hub)
+        if constants.HF_HUB_OFFLINE:
+            raise ValueError(_offline_push_message()) from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"`--push_to_hub`: cannot reach the Hub ({type(error).__name__}: {reason}). Check the network and the "
+            "token, or train without `--push_to_hub` and upload `output_dir` later with `hf upload`."
+        ) from None
+
+
+def _offline_push_message() -> str:
+    return (
+        "`--push_to_hub` needs the network, but HF_HUB_OFFLINE=1. Unset HF_HUB_OFFLINE, or train without "
+        "`--push_to_hub` and upload `output_dir` later with `hf upload`."
+    )
+
+
+def train(
+    script_args: ESRScriptArguments,
+    training_args: ESRConfig,
+    model_args: ModelConfig,
+    resume_from_checkpoint: str | None = None,
+) -> None:
+    """Build the trainer, train (resuming from `resume_from_checkpoint` if given), save the model, its card and the
+    log history, and push them with `--push_to_hub`. `main` checks the arguments first (`check_arguments`)."""
     import transformers
     from packaging.version import Version
 
@@ -135,27 +293,43 @@ def train(script_args: ESRScriptArguments, training_args: ESRConfig, model_args:
     teacher_model_init_kwargs.update(training_args.teacher_model_init_kwargs or {})
     training_args.teacher_model_init_kwargs = teacher_model_init_kwargs
 
-    def prompts(split: str):
-        dataset = load_prompt_dataset(
-            dataset_name=script_args.dataset_name,
-            dataset_config=script_args.dataset_config,
-            dataset_files=script_args.dataset_files,
-            split=split,
-            streaming=script_args.dataset_streaming,
-        )
-        return to_prompt_dataset(dataset, script_args.prompt_column, script_args.system_prompt)
+    def prompts(option: str, split: str):
+        from datasets.exceptions import DatasetGenerationError
 
+        try:
+            dataset = load_prompt_dataset(
+                dataset_name=script_args.dataset_name,
+                dataset_config=script_args.dataset_config,
+                dataset_files=script_args.dataset_files,
+                split=split,
+                streaming=script_args.dataset_streaming,
+            )
+        except DatasetGenerationError as error:
+            raise InputError(validation.explain_dataset_error(script_args.dataset_files, error)) from error
+        except ValueError as error:
+            local = bool(script_args.dataset_files)
+            raise InputError(validation.explain_split_error(option, split, local, error)) from error
+        try:
+            return to_prompt_dataset(dataset, script_args.prompt_column, script_args.system_prompt)
+        except ValueError as error:  # no prompt column, a conversation that does not end with a user turn
+            raise InputError(error) from error
+
+    train_dataset = prompts("dataset_train_split", script_args.dataset_train_split)
+    evaluating = training_args.eval_strategy != "no"
+    eval_dataset = prompts("dataset_test_split", script_args.dataset_test_split) if evaluating else None
     trainer = ESRDistillTrainer(
         model=model_args.model_name_or_path,
         teacher_model=training_args.teacher_model_name_or_path,
         args=training_args,
-        train_dataset=prompts(script_args.dataset_train_split),
-        eval_dataset=prompts(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         quantization_config=quantization_config,
         peft_config=get_peft_config(model_args),
     )
 
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if resume_from_checkpoint is not None:
+        trainer.accelerator.print(f"⏩ Resuming from {resume_from_checkpoint}.")
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.accelerator.print("✅ Training completed.")
 
     # Save the model, its card (naming the teacher, k and the dataset) and the log history (`trainer_state.json`).
