@@ -86,9 +86,12 @@ def assert_adapter_trained(output_dir: Path, lora_r: int) -> None:
     assert lora_b and all(w.abs().max() > 0 for w in lora_b)  # PEFT initialises B to zero: training moved it
 
 
-def test_lora_from_the_command_line(llama_paths, chat_dataset_dir, tokenizer, tmp_path):
+def test_lora_from_the_command_line(llama_paths, chat_dataset_dir, tokenizer, tmp_path, recwarn):
     out = tmp_path / "run"
     trainer = run_script(script_argv(llama_paths, out, tokenizer.eos_token_id, "--dataset_name", chat_dataset_dir))
+    # TRL's default gradient checkpointing: none of transformers 5's deprecation warnings it causes reach the user
+    assert trainer.args.gradient_checkpointing
+    assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)], [str(w.message) for w in recwarn]
 
     assert isinstance(trainer.model, PeftModel) and trainer.state.global_step == 2
     # `messages` became prompts without the reference answer

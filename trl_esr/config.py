@@ -1,5 +1,6 @@
 """`ESRConfig`: `trl.DistillationConfig` plus the knobs of Early Stopping Rollout."""
 
+import warnings
 from dataclasses import dataclass, field
 
 from trl import DistillationConfig
@@ -243,7 +244,12 @@ class ESRConfig(DistillationConfig):
     )
 
     def __post_init__(self):
-        super().__post_init__()
+        with warnings.catch_warnings():
+            if self.gradient_checkpointing is True and self.activation_checkpointing is None:
+                # TRL's own default (`gradient_checkpointing=True`) trips transformers 5's rename warning on every
+                # config: the user did not cause it. (An explicit `True` is indistinguishable from it, and harmless.)
+                warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
+            super().__post_init__()
         # YAML gives `null`, the command line gives the string "None": both disable ESR.
         if isinstance(self.esr_k, str) and self.esr_k.lower() in ("none", "null"):
             self.esr_k = None
