@@ -11,6 +11,7 @@ another vocabulary. The chat templates are minimal versions of the real ones (en
 
 import base64
 import hashlib
+import unicodedata
 from importlib.resources import files
 
 from tokenizers import AddedToken, normalizers
@@ -43,6 +44,21 @@ LLAMA3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 LLAMA3_STOP_IDS = [128001, 128008, 128009]  # Llama-3-Instruct's generation_config.eos_token_id
+
+# Text of every kind a student writes, for the alignment checks and benchmarks/alignment.py.
+TEXTS = {
+    "prose": "The quick brown fox jumps over the lazy dog. It wasn't, they'd say, a \"real\" jump.",
+    "latex": r"We get $\frac{a^2+b^2}{2} \geq ab$, so the answer is $\boxed{\sqrt{2}}$.",
+    "code": "def f(x):\n    return [i ** 2 for i in range(x) if i % 3 != 0]  # squares\n\tprint(f(10))",
+    "numbers": "3.14159 + 2,718 = 12345678901234567890; 0x1F4A9 -42e-3 100%",
+    "cjk": "中文字符测试，日本語のテキスト、한국어 텍스트입니다。",
+    "emoji": "Party 🎉 time! Family: 👨‍👩‍👧‍👦, flags 🇫🇷🇯🇵, skin tone 👍🏽.",
+    "accented": "Café, naïve, Ångström, São Paulo, Zürich, Dvořák, Łódź.",
+    "nfd": unicodedata.normalize("NFD", "Café, naïve, Ångström, Dvořák"),
+    "math": "√2 ≈ 1.414, ∑ᵢ xᵢ² ≤ ∞, ∀ε>0 ∃δ, α→β ⇒ γ ∈ ℝ",
+    "specials": "The model wrote <|im_end|> and <|eot_id|> and <think> as plain text.",
+    "spacing": "a , b . c ! d ? ' e '",  # what `clean_up_tokenization_spaces` would rewrite
+}
 
 
 def _checked(path, sha256: str):

@@ -11,27 +11,12 @@ import pytest
 import torch
 from datasets import Dataset
 from helpers import record_batches
-from real_tokenizers import LLAMA3_STOP_IDS, QWEN_HEAD_ROWS, llama3_tokenizer, qwen_tokenizer
+from real_tokenizers import LLAMA3_STOP_IDS, QWEN_HEAD_ROWS, TEXTS, llama3_tokenizer, qwen_tokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from trl_esr import ESRDistillTrainer
 from trl_esr.cross_tokenizer import Aligner, SharedVocabulary
 from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
-
-
-TEXTS = {
-    "prose": "The quick brown fox jumps over the lazy dog. It wasn't, they'd say, a \"real\" jump.",
-    "latex": r"We get $\frac{a^2+b^2}{2} \geq ab$, so the answer is $\boxed{\sqrt{2}}$.",
-    "code": "def f(x):\n    return [i ** 2 for i in range(x) if i % 3 != 0]  # squares\n\tprint(f(10))",
-    "numbers": "3.14159 + 2,718 = 12345678901234567890; 0x1F4A9 -42e-3 100%",
-    "cjk": "中文字符测试，日本語のテキスト、한국어 텍스트입니다。",
-    "emoji": "Party 🎉 time! Family: 👨‍👩‍👧‍👦, flags 🇫🇷🇯🇵, skin tone 👍🏽.",
-    "accented": "Café, naïve, Ångström, São Paulo, Zürich, Dvořák, Łódź.",
-    "nfd": unicodedata.normalize("NFD", "Café, naïve, Ångström, Dvořák"),
-    "math": "√2 ≈ 1.414, ∑ᵢ xᵢ² ≤ ∞, ∀ε>0 ∃δ, α→β ⇒ γ ∈ ℝ",
-    "specials": "The model wrote <|im_end|> and <|eot_id|> and <think> as plain text.",
-    "spacing": "a , b . c ! d ? ' e '",  # what `clean_up_tokenization_spaces` would rewrite
-}
 
 
 @pytest.fixture(scope="session")
@@ -255,3 +240,12 @@ def test_alignment_time_is_linear_in_the_rollout_length(vocabularies):
 
     assert len(corpus) > 2048 + 16 * 7
     assert best_time(2048) <= 20 * best_time(128)
+
+
+def test_alignment_benchmark_runs(tmp_path):
+    from benchmarks.alignment import main
+
+    results = main(["--lengths", "16", "64", "--output_dir", str(tmp_path)])
+    assert set(results["seconds"]) == {"llama3 <- qwen3", "qwen2.5 <- llama3"}
+    assert all(set(seconds) == {16, 64} for seconds in results["seconds"].values())
+    assert (tmp_path / "alignment.json").exists()
