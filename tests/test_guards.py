@@ -126,3 +126,56 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run(model_paths, tmp_path
     ]
     for step, entry in full_log.items():  # tolerance: float32 round-off of the resumed optimizer state
         assert stitched[step]["loss"] == pytest.approx(entry["loss"], rel=1e-5), step
+
+
+class LearningRateJump(TrainerCallback):
+    """From step `step` on, the optimizer's learning rate is `lr` (a schedule gone wrong)."""
+
+    def __init__(self, step, lr):
+        self.step, self.lr = step, lr
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if state.global_step + 1 >= self.step:
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr
+
+
+def logits_are_finite(checkpoint, tokenizer) -> bool:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    ids = tokenizer("w1 w2 w3 w4", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return bool(torch.isfinite(model(ids).logits).all())
+
+
+def test_a_huge_learning_rate_stops_and_names_the_last_good_checkpoint(
+    model_paths, tokenizer, train_dataset, make_args, tmp_path
+):
+    """lr 1e15 at step 3: that update has finite gradients but leaves weights whose logits overflow. Sampling must not
+    crash (it used to: `probability tensor contains either inf, nan or element < 0`); steps 4-5 are skipped, the run
+    stops, and the checkpoint it names (checkpoint-2, before the bad update) gives finite logits."""
+    out = tmp_path / "huge"
+    args = make_args(max_steps=8, max_consecutive_nonfinite_steps=2, output_dir=str(out), save_strategy="steps",
+                     save_steps=1, suppress_eos=False)  # fmt: skip
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=[LearningRateJump(3, 1e15)])
+    with pytest.raises(RuntimeError, match="Training stopped at step 5") as error:
+        trainer.train()
+    assert f"Resume from {out / 'checkpoint-2'}, written before that update" in str(error.value)
+    assert logits_are_finite(out / "checkpoint-2", tokenizer)
+    assert not logits_are_finite(out / "checkpoint-3", tokenizer)  # the test's premise: step 3 broke the weights
+
+
+def test_an_update_that_leaves_nan_weights_stops_at_once_without_saving_them(
+    model_paths, tokenizer, train_dataset, make_args, tmp_path
+):
+    out = tmp_path / "nan_weights"
+    args = make_args(max_steps=6, output_dir=str(out), save_strategy="steps", save_steps=1)
+    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=[LearningRateJump(3, float("nan"))])
+    with pytest.raises(RuntimeError, match="stopped at step 3: the update left non-finite weights") as error:
+        trainer.train()
+    assert f"Resume from {out / 'checkpoint-2'}" in str(error.value)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-1",
+        "checkpoint-2",
+    ]
