@@ -76,11 +76,12 @@ class ESRConfig(DistillationConfig):
             Where to load the teacher's tokenizer from; by default, the teacher's own path. It decides whether the
             pair needs cross-tokenizer alignment (see `docs/cross-family.md`).
         tokenizer_alignment (`str`, *optional*, defaults to `"auto"`):
-            `"auto"`: align by character offsets only when the tokenizers differ. `"always"`: use the aligned path
-            even for identical tokenizers (a consistency check: it must give the fast path's loss).
+            `"auto"`: re-tokenize and align rollouts only when some student token does not have the same id in the
+            teacher's tokenizer (a teacher that only adds tokens, like Qwen3 over Qwen2.5, takes the fast path).
+            `"always"`: use the aligned path even then (a consistency check: it must give the fast path's loss).
         min_shared_vocab_fraction (`float`, *optional*, defaults to `0.1`):
             For a pair with different tokenizers, the smallest share of the student's vocabulary that both must share
-            (tokens that add the same text); below it the trainer refuses the pair.
+            (tokens that add the same bytes); below it the trainer refuses the pair.
 
         > Parameters that keep a run's progress safe
 
@@ -213,8 +214,9 @@ class ESRConfig(DistillationConfig):
     tokenizer_alignment: str = field(
         default="auto",
         metadata={
-            "help": "'auto': align teacher and student by character offsets only when their tokenizers differ. "
-            "'always': use the aligned path even for identical tokenizers (a consistency check).",
+            "help": "'auto': re-tokenize and align rollouts for the teacher only when some student token does not "
+            "have the same id in the teacher's tokenizer (a teacher that only adds tokens, like Qwen3 over Qwen2.5, "
+            "takes the fast path). 'always': use the aligned path even then (a consistency check).",
             "choices": ["auto", "always"],
         },
     )
@@ -222,7 +224,7 @@ class ESRConfig(DistillationConfig):
         default=0.1,
         metadata={
             "help": "For a pair with different tokenizers, the smallest share of the student's vocabulary both must "
-            "share (tokens that add the same text); below it the trainer refuses the pair."
+            "share (tokens that add the same bytes); below it the trainer refuses the pair."
         },
     )
 
