@@ -84,3 +84,42 @@ def test_teacher_chat_template_mismatch_warns(model_paths, tokenizer, train_data
     with caplog.at_level(logging.WARNING, logger="trl_esr.validation"):
         build(model_paths, tokenizer, train_dataset, make_args(), teacher=same_template)
     assert "renders the first prompt differently" not in caplog.text
+
+
+# Hardening (issue 13)
+
+
+def test_teacher_sharing_only_special_tokens_is_refused(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+    """13 % of the student's vocabulary is shared (above the default 10 %), but only special tokens and chat markers:
+    it used to train silently."""
+    other = build_word_tokenizer([f"x{i}" for i in range(100)])
+    teacher = save_pretrained(build_tiny_causal_lm(other, "llama"), other, tmp_path / "other")
+    with pytest.raises(ValueError, match=r"Apart from special and added tokens, .* share only 3 of the student's 43"):
+        build(model_paths, tokenizer, train_dataset, make_args(), teacher=teacher)
+    # a teacher sharing most words goes through the aligned path
+    close = build_word_tokenizer([f"w{i}" for i in range(30)] + [f"x{i}" for i in range(10)])
+    teacher = save_pretrained(build_tiny_causal_lm(close, "llama"), close, tmp_path / "close")
+    assert build(model_paths, tokenizer, train_dataset, make_args(), teacher=teacher)._pairing.mode == "aligned"
+
+
+def test_no_teacher_fails_at_construction(model_paths, tokenizer, train_dataset, make_args):
+    with pytest.raises(ValueError, match="`teacher_model` is None"):
+        ESRDistillTrainer(
+            model=model_paths["student"], args=make_args(), train_dataset=train_dataset, processing_class=tokenizer
+        )
+
+
+def test_student_built_from_config_needs_its_tokenizer(tokenizer, model_paths, train_dataset, make_args):
+    student = build_tiny_causal_lm(tokenizer, "qwen2")  # no `name_or_path` to load a tokenizer from
+    with pytest.raises(ValueError, match="Pass the tokenizer as `processing_class=`"):
+        ESRDistillTrainer(model=student, teacher_model=model_paths["teacher"], args=make_args(),
+                          train_dataset=train_dataset)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"temperature": 0.0}, "`temperature` must be > 0"), ({"top_p": 0.0}, "`top_p` must be in")],
+)
+def test_sampling_options_fail_at_config_time(make_args, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(**overrides)

@@ -115,8 +115,10 @@ class ESRDistillTrainer(DistillationTrainer):
                 f"`args` must be an `ESRConfig`, got `{type(args).__name__}`. `ESRConfig` takes every field of "
                 "`DistillationConfig` plus the `esr_*` ones: build it with the same keyword arguments."
             )
+        validation.check_models(model, teacher_model, processing_class)
         validation.check_dataset(train_dataset, args, num_processes=args.world_size)  # before loading any model
         self._pairing = TokenizerPairing.detect(args, model, teacher_model, processing_class, teacher_processing_class)
+        validation.check_shared_vocabulary(self._pairing, args.min_shared_vocab_fraction)
         own_teacher = load_teacher(args, teacher_model) if self._pairing.loads_teacher_itself else None
         with building_vllm_engine(args):  # a CPU engine must keep its weights for TRL's weight sync
             super().__init__(

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 
 logger = logging.getLogger(__name__)
@@ -279,3 +279,24 @@ def check_output_file(option: str, path: str) -> None:
         raise ValueError(f"`--{option}` {path!r}: the folder {str(folder)!r} does not exist. Create it first.")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise ValueError(f"`--{option}` {path!r} is not writable. Choose another path.")
+
+
+def check_shared_vocabulary(pairing, min_fraction: float) -> None:
+    """For a teacher with another tokenizer: enough *ordinary* tokens are shared. The pairing's own check counts
+    special and added tokens too, which small or unrelated vocabularies share almost only (`<eos>`, chat markers): a
+    KL over those alone trains nothing useful."""
+    if pairing.mode != "aligned":
+        return
+    student = pairing.processing_class
+    student = student.tokenizer if isinstance(student, ProcessorMixin) else student
+    special = set(student.all_special_ids) | set(student.added_tokens_decoder)
+    ordinary = len(student) - len(special)
+    shared = len(set(pairing.shared.student_ids.tolist()) - special)
+    if shared < min_fraction * ordinary:
+        raise ValueError(
+            f"Apart from special and added tokens, the student's tokenizer `{student.name_or_path}` and the teacher's "
+            f"`{pairing.teacher_tokenizer.name_or_path}` share only {shared} of the student's {ordinary} ordinary "
+            f"tokens ({shared / max(ordinary, 1):.1%}; minimum `min_shared_vocab_fraction` = {min_fraction:.0%}): "
+            "the KL would be computed almost only on special tokens. Pick a teacher whose vocabulary overlaps more, "
+            "or lower `min_shared_vocab_fraction` if you know what you are doing."
+        )
