@@ -77,6 +77,7 @@ def assert_card(output_dir: Path, teacher: str, k: int, dataset: str) -> None:
     assert f"**k = {k}** tokens" in card.text
     assert f"| dataset | `{dataset}` |" in card.text  # a local dataset: named, not linked to the Hub
     assert card.data.datasets is None and "huggingface.co/datasets" not in card.text
+    assert "huggingface.co/None" not in card.text and 'model="None"' not in card.text  # a local student
 
 
 def assert_adapter_trained(output_dir: Path, lora_r: int) -> None:
@@ -98,6 +99,8 @@ def test_lora_from_the_command_line(llama_paths, chat_dataset_dir, tokenizer, tm
     assert trainer.train_dataset[0]["prompt"] == [{"role": "user", "content": "w0 w1 w2 w3"}]
     assert_adapter_trained(out, lora_r=4)
     assert_card(out, teacher=llama_paths["teacher"], k=4, dataset=chat_dataset_dir)
+    card = (out / "README.md").read_text()
+    assert f"fine-tuned version of the local model `{llama_paths['student']}`" in card and f'model="{out}"' in card
     state = json.loads((out / "trainer_state.json").read_text())
     assert [entry["esr/k"] for entry in state["log_history"] if "esr/k" in entry] == [4.0, 4.0]
 

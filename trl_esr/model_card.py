@@ -53,8 +53,15 @@ def esr_details(trainer, dataset_name: str | None = None) -> str:
 
 
 def add_esr_details(readme: str | Path, trainer, dataset_name: str | None = None) -> None:
-    """Insert the ESR section into the model card at `readme`, before TRL's framework versions (or at the end)."""
+    """Insert the ESR section into the model card at `readme`, before TRL's framework versions (or at the end), and
+    mend TRL's template where it assumes Hub ids: a local student (TRL's `base_model` is then `None`) and a run not
+    pushed to the Hub (`hub_model_id` is `None`) would read `[None](https://huggingface.co/None)` and
+    `model="None"`."""
     readme = Path(readme)
     card, section = readme.read_text(), esr_details(trainer, dataset_name)
     card = card.replace(_ANCHOR, section + _ANCHOR, 1) if _ANCHOR in card else card + "\n" + section
+    student = get_config_model_id(trainer.model.config)
+    local = f"the local model `{student}`" if student else "a model"
+    card = card.replace("[None](https://huggingface.co/None)", local)
+    card = card.replace('model="None"', f'model="{trainer.hub_model_id or trainer.args.output_dir}"')
     readme.write_text(card)
