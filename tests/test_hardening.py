@@ -67,3 +67,41 @@ def test_evaluate_reads_a_local_file_as_dataset_name(eval_setup, tmp_path):
     )  # fmt: skip
     assert evaluate(args)["problems"] == 1
     assert len(json.loads(out.read_text())["responses"]) == 2
+
+
+# `trl-esr --help` and each subcommand's: printed from trl_esr/_cli_help.py, without importing torch (timings:
+# benchmarks/cli_startup.py)
+
+
+def load_help_generator():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "gen_cli_help.py"
+    spec = importlib.util.spec_from_file_location("gen_cli_help", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cached_cli_help_is_up_to_date():
+    generator = load_help_generator()
+    assert generator.OUTPUT.read_text() == generator.render(), "run `python scripts/gen_cli_help.py`"
+
+
+@pytest.mark.parametrize("command", ["", "train", "suggest-k", "demo"])
+def test_help_imports_nothing_heavy(command):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from trl_esr.cli import main; "
+        f"code = main({[command, '--help'] if command else ['--help']!r}); "
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules]; "
+        "print('HEAVY', heavy); sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+    expected = "--max_completion_length" if command in ("train", "suggest-k") else "usage: trl-esr"
+    assert expected in result.stdout

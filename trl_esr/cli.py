@@ -1,6 +1,8 @@
 """`trl-esr` console command: `trl-esr demo|train|suggest-k ...`.
 
-Each subcommand forwards its arguments to its module's `main`."""
+Each subcommand forwards its arguments to its module's `main`. `trl-esr --help` and `trl-esr <command> --help` import
+nothing heavy: a command's help is pre-rendered in `trl_esr/_cli_help.py` (by `scripts/gen_cli_help.py`, checked by
+a test), since building the parser of `train` alone imports torch, transformers and TRL."""
 
 import sys
 
@@ -20,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<10} {help_text}")
         print("\n`trl-esr <command> --help` lists a command's options.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[1:] in (["-h"], ["--help"]):
+        from ._cli_help import HELP
+
+        print(HELP[argv[0]], end="")
+        return 0
     module_name, _ = _COMMANDS[argv[0]]
     module = __import__(module_name, fromlist=["main"])
     return module.main(argv[1:]) or 0
