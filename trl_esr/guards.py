@@ -48,7 +48,7 @@ class NonFiniteUpdateGuard(TrainerCallback):
         self.saved_steps = []  # steps of this run's checkpoints
         self.saved_before_streak = None  # the newest written before the update that preceded the current streak
         self.nonfinite_weights = False
-        trainer.generation_config.remove_invalid_values = True  # HF generate; vLLM samples without raising
+        trainer.generation_config.remove_invalid_values = True  # HF generate (vLLM sampling: not covered)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.saved_steps = [state.global_step] if state.global_step > 0 else []  # resumed from a checkpoint
