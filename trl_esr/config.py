@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from trl import DistillationConfig
 
+from .horizon_guard import validate_guard_fields
+
 
 _SCHEDULES = ("constant", "linear")
 _MODES = ("stop", "mask")
@@ -59,6 +61,24 @@ class ESRConfig(DistillationConfig):
             off. One measurement costs about 15 ESR steps on the project's CPU (see `docs/choosing-k.md`).
         esr_diagnostics_num_rollouts (`int`, *optional*, defaults to `8`):
             Rollouts per diagnostics measurement.
+
+        > Parameters that control the horizon guard
+
+        esr_horizon_guard (`str` or `None`, *optional*, defaults to `None`):
+            Act when `esr/kl_beyond_k` (measured by the diagnostics above) rises during training. `None`: off.
+            `"stop"`: each lowest-so-far measurement saves a checkpoint (it becomes `state.best_model_checkpoint`), and
+            training stops once the KL has risen. `"grow"`: k is multiplied by `esr_horizon_guard_growth` (capped at
+            `max_completion_length`, logged as `esr/k`). Needs `esr_k` and `esr_diagnostics_steps > 0`. The guard adds
+            no measurement of its own, but it reacts only every `esr_diagnostics_steps` steps, and each measurement
+            costs about one full-rollout step (~15 ESR steps on the project's CPU), so a responsive guard means
+            frequent, costly measurements. See `trl_esr.horizon_guard` and `docs/choosing-k.md`.
+        esr_horizon_guard_tolerance (`float`, *optional*, defaults to `0.2`):
+            Relative rise that counts: a measurement rises when `kl_beyond_k > baseline * (1 + tolerance)`, the
+            baseline being the first measurement at the current k.
+        esr_horizon_guard_patience (`int`, *optional*, defaults to `2`):
+            Rising measurements in a row before the guard acts (one measurement averages only a few rollouts).
+        esr_horizon_guard_growth (`float`, *optional*, defaults to `2.0`):
+            Factor k is multiplied by each time the `"grow"` guard acts.
 
         > Parameters that control the teacher's view of the prompt
 
@@ -189,6 +209,34 @@ class ESRConfig(DistillationConfig):
         metadata={"help": "Rollouts per diagnostics measurement."},
     )
 
+    # Parameters that control the horizon guard
+    esr_horizon_guard: str | None = field(
+        default=None,
+        metadata={
+            "help": "Act when `esr/kl_beyond_k` rises during training. None: off. 'stop': save a checkpoint at each "
+            "lowest-so-far measurement (it becomes `best_model_checkpoint`) and stop training once the KL has risen. "
+            "'grow': multiply k by `esr_horizon_guard_growth` (capped at `max_completion_length`, logged as `esr/k`). "
+            "Needs `esr_k` and `esr_diagnostics_steps` > 0. It reacts only every `esr_diagnostics_steps` steps, and "
+            "each measurement costs about one full-rollout step (~15 ESR steps on the project's CPU).",
+            "choices": ["stop", "grow"],
+        },
+    )
+    esr_horizon_guard_tolerance: float = field(
+        default=0.2,
+        metadata={
+            "help": "Relative rise that counts: a measurement rises when kl_beyond_k > baseline * (1 + tolerance), "
+            "the baseline being the first measurement at the current k (0.2 = 20 %% above it)."
+        },
+    )
+    esr_horizon_guard_patience: int = field(
+        default=2,
+        metadata={"help": "Rising measurements in a row before the horizon guard acts (robust to one noisy value)."},
+    )
+    esr_horizon_guard_growth: float = field(
+        default=2.0,
+        metadata={"help": "Factor k is multiplied by each time the 'grow' horizon guard acts (> 1)."},
+    )
+
     # Parameters that control the teacher's view of the prompt
     teacher_chat_template: str | None = field(
         default=None,
@@ -271,6 +319,7 @@ class ESRConfig(DistillationConfig):
         if self.esr_diagnostics_steps < 0:
             raise ValueError(f"`esr_diagnostics_steps` must be >= 0 (0 = off), got {self.esr_diagnostics_steps}.")
         _require_positive_int("esr_diagnostics_num_rollouts", self.esr_diagnostics_num_rollouts, "")
+        validate_guard_fields(self)
         if not 0.0 <= self.min_shared_vocab_fraction <= 1.0:
             raise ValueError(f"`min_shared_vocab_fraction` must be in [0, 1], got {self.min_shared_vocab_fraction}.")
         _require_positive_int("esr_k_start", self.esr_k_start, "")

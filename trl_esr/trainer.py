@@ -26,6 +26,7 @@ from .config import ESRConfig
 from .cross_tokenizer import align_batch
 from .diagnostics import ESRDiagnosticsCallback
 from .guards import CheckpointOnInterrupt, NonFiniteUpdateGuard
+from .horizon_guard import ESRHorizonGuard
 from .loss import aligned_divergence_loss, logit_postprocessor, make_divergence_loss
 from .model_card import add_esr_details
 from .pairing import TokenizerPairing
@@ -57,7 +58,8 @@ class ESRDistillTrainer(DistillationTrainer):
     - `create_model_card`: TRL's card plus a section naming the teacher, k and the key hyperparameters.
 
     It also checks the set-up before any model is loaded or step is run (`trl_esr.validation`), skips updates whose
-    gradients are not finite, and checkpoints on SIGINT/SIGTERM (`trl_esr.guards`).
+    gradients are not finite, and checkpoints on SIGINT/SIGTERM (`trl_esr.guards`). With `esr_horizon_guard`, it stops
+    training or grows k when the measured KL beyond k rises (`trl_esr.horizon_guard`).
 
     Everything else (model, PEFT and quantized loading, HF and vLLM generation, DeepSpeed/FSDP, logging,
     checkpointing, the constructor's arguments) is inherited unchanged.
@@ -143,6 +145,7 @@ class ESRDistillTrainer(DistillationTrainer):
         )
         self._validate_loaded(train_dataset)
         self._teacher_prompt = None  # set by `_compute_loss` for `_get_last_hidden_state`
+        self._horizon_guard = None  # set by `_add_diagnostics` with `esr_horizon_guard`
         self._divergence_loss = make_divergence_loss(
             args.loss_normalization, args.loss_temperature, vocab_size=self._pairing.vocab_size
         )
@@ -164,9 +167,21 @@ class ESRDistillTrainer(DistillationTrainer):
         }
         if any(reasons.values()):
             reason = next(reason for reason, applies in reasons.items() if applies)
+            if args.esr_horizon_guard is not None:
+                raise ValueError(f"`esr_horizon_guard` watches the ESR diagnostics, which cannot run here: {reason}. "
+                                 "Set `esr_horizon_guard=None`.")  # fmt: skip
             logger.warning(f"ESR diagnostics (`esr_diagnostics_steps`) are off for this run: {reason}.")
             return
-        self.add_callback(ESRDiagnosticsCallback(self, args.esr_diagnostics_steps, args.esr_diagnostics_num_rollouts))
+        diagnostics = ESRDiagnosticsCallback(self, args.esr_diagnostics_steps, args.esr_diagnostics_num_rollouts)
+        self.add_callback(diagnostics)
+        if args.esr_horizon_guard is not None:  # after the diagnostics: it reads their measurement at the same step
+            self._horizon_guard = ESRHorizonGuard(self, diagnostics)
+            self.add_callback(self._horizon_guard)
+
+    def _k_at_step(self, global_step: int) -> int | None:
+        """The horizon of rollouts generated at `global_step`: the k schedule's, grown by the horizon guard if any."""
+        k = esr_k_at_step(self.args, global_step)
+        return k if self._horizon_guard is None else self._horizon_guard.k(k)
 
     def _validate_loaded(self, train_dataset) -> None:
         """The checks that need the tokenizer and the student's context window (see `trl_esr.validation`)."""
@@ -178,7 +193,7 @@ class ESRDistillTrainer(DistillationTrainer):
             validation.warn_if_teacher_renders_differently(tokenizer, self._pairing.teacher_tokenizer, train_dataset)
 
     def _generate_and_score_completions(self, inputs):
-        k = esr_k_at_step(self.args, self.state.global_step) if self.model.training else None
+        k = self._k_at_step(self.state.global_step) if self.model.training else None
         with cap_rollout_length(self, k if self.args.esr_mode == "stop" else None):
             batch = super()._generate_and_score_completions(inputs)  # evaluation: up to `max_completion_length`
         completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]  # (B, C)

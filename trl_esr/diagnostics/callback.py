@@ -8,12 +8,12 @@ the start of responses only; if both fall, what it learned early carries over to
 
 import copy
 import random
+from typing import NamedTuple
 
 import torch
 from transformers import TrainerCallback
 
 from .._trl_compat import metrics
-from ..schedule import esr_k_at_step
 from .per_position import PositionStats, sample_completions, score_completions, seeded_sampling
 from .prompts import prompt_from_row, tokenize_prompts
 
@@ -24,14 +24,24 @@ DEFAULT_EVERY_N_STEPS = 200
 DEFAULT_NUM_ROLLOUTS = 8
 
 
+class KLMeasurement(NamedTuple):
+    """One measurement: the step it was taken at, the horizon k it splits at, and the two means."""
+
+    step: int
+    k: int | None
+    kl_within_k: float
+    kl_beyond_k: float | None
+
+
 class ESRDiagnosticsCallback(TrainerCallback):
     """Log `esr/kl_within_k` and `esr/kl_beyond_k` every `every_n_steps` optimizer steps.
 
     Both are token-weighted means of the reverse KL(student ‖ teacher) (untempered logits) over `num_rollouts`
     full-length student rollouts (`max_completion_length` tokens, sampled with the trainer's generation settings):
-    over response positions < k, and ≥ k, where k = `esr_k_at_step(args, global_step)` is the horizon of the next
-    training step. Without a horizon (`esr_k=None`), `kl_within_k` covers every position and `kl_beyond_k` is not
-    logged. The metrics are logged at the step they are measured, in the same `log_history` entry as the loss.
+    over response positions < k, and ≥ k, where k = `esr_k_at_step(args, global_step)` (grown by `ESRHorizonGuard`,
+    if any) is the horizon of the next training step. Without a horizon (`esr_k=None`), `kl_within_k` covers every
+    position and `kl_beyond_k` is not logged. The metrics are logged at the step they are measured, in the same
+    `log_history` entry as the loss; the last measurement is also kept in `latest` (a `KLMeasurement`).
 
     The prompts are drawn once from the training set with `seed`, and every measurement samples with that same seed,
     so successive values differ because the student changed, not because the rollouts did. Sampling runs under a
@@ -80,6 +90,7 @@ class ESRDiagnosticsCallback(TrainerCallback):
         indices = random.Random(self.seed).sample(range(len(dataset)), min(num_rollouts, len(dataset)))
         prompts = [prompt_from_row(dataset[i]) for i in indices]
         self.prompt_ids = tokenize_prompts(trainer.processing_class, prompts)
+        self.latest: KLMeasurement | None = None  # read by `ESRHorizonGuard`
         self.teacher_prompt_ids = None  # the teacher's own rendering, when the trainer gives it one
         if trainer._teacher_renderer is not None:
             ids, mask = trainer._teacher_renderer(prompts, torch.device("cpu"))
@@ -88,9 +99,10 @@ class ESRDiagnosticsCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every_n_steps != 0:
             return control
-        k = esr_k_at_step(self.trainer.args, state.global_step)
+        k = self.trainer._k_at_step(state.global_step)  # the schedule's k, grown by the horizon guard if any
         stats = self.measure()
         within, beyond = kl_within_and_beyond(stats, k)
+        self.latest = KLMeasurement(state.global_step, k, within, beyond)
         logged = metrics(self.trainer, "train")
         logged["esr/kl_within_k"].append(within)
         if beyond is not None:
