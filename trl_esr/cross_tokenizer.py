@@ -137,7 +137,6 @@ class SharedVocabulary:
         student: PreTrainedTokenizerBase,
         teacher: PreTrainedTokenizerBase,
         student_table: list[bytes] | None = None,
-        teacher_table: list[bytes] | None = None,
     ) -> "SharedVocabulary":
         pairs, used = {}, set()
 
@@ -152,7 +151,7 @@ class SharedVocabulary:
             pair(student_id, teacher_vocab.get(token.content))
         pair(student.eos_token_id, teacher.eos_token_id)
         teacher_by_key = {}
-        for teacher_id, key in enumerate(_text_keys(teacher, teacher_table)):
+        for teacher_id, key in enumerate(_text_keys(teacher, None)):
             if key is not None:
                 teacher_by_key.setdefault(key, teacher_id)
         for student_id, key in enumerate(_text_keys(student, student_table)):
