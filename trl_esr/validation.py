@@ -300,3 +300,119 @@ def check_shared_vocabulary(pairing, min_fraction: float) -> None:
             "the KL would be computed almost only on special tokens. Pick a teacher whose vocabulary overlaps more, "
             "or lower `min_shared_vocab_fraction` if you know what you are doing."
         )
+
+
+# Numeric fields of TRL's `DistillationConfig` and transformers' `TrainingArguments` that users commonly set. Each
+# value below fails late (at the first generation, the optimizer's creation or the first evaluation), obscurely (a
+# `TypeError` about `NoneType`, a torch message naming no field) or silently (`num_train_epochs=0` trains no step,
+# `save_steps=0` never saves) without a check here; docs/reliability.md lists the sweep.
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_steps(strategy) -> bool:
+    return str(getattr(strategy, "value", strategy)) == "steps"
+
+
+# (field, test of its value, what it must be, the fix). The test sees the raw value, `None` included.
+_POSITIVE_INT = (lambda v: _is_int(v) and v > 0, "a positive int")
+_NUMERIC_FIELDS = [
+    ("per_device_train_batch_size", *_POSITIVE_INT, ""),
+    ("per_device_eval_batch_size", *_POSITIVE_INT, ""),
+    ("gradient_accumulation_steps", *_POSITIVE_INT, ""),
+    ("max_completion_length", *_POSITIVE_INT,
+     "It caps evaluation rollouts (and training rollouts when `esr_k=None`); the paper uses 3584 for math."),
+    ("eval_accumulation_steps", lambda v: v is None or (_is_int(v) and v > 0), "a positive int or None", ""),
+    ("max_steps", lambda v: _is_int(v) and v != 0, "a positive int, or -1",
+     "A positive value is the number of optimizer steps; -1 trains for `num_train_epochs` (0 trains one step)."),
+    ("num_train_epochs", _is_number, "a number", ""),
+    ("learning_rate", lambda v: _is_number(v) and v >= 0, "a number >= 0",
+     "Distillation typically uses 1e-6 to 1e-4."),
+    ("weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0",
+     "A negative decay grows the weights at every step; 0 turns it off."),
+    ("adam_beta1", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)", "AdamW's default is 0.9."),
+    ("adam_beta2", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)", "AdamW's default is 0.999."),
+    ("adam_epsilon", lambda v: _is_number(v) and v > 0, "> 0",
+     "AdamW divides by it where a gradient's second moment is 0, so 0 makes the weights NaN. The default is 1e-8."),
+    ("max_grad_norm", lambda v: v is None or _is_number(v), "a number or None (0 or None: no clipping)", ""),
+    ("warmup_steps", lambda v: _is_number(v) and v >= 0, "a number >= 0 (below 1: a fraction of the steps)", ""),
+    ("seed", lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)", ""),
+    ("data_seed", lambda v: v is None or (_is_int(v) and 0 <= v < 2**32), "an int in [0, 2**32) or None", ""),
+    ("dataloader_num_workers", lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: load in the main process)", ""),
+    # Sampling: the generation backends check these only when the first rollout is generated.
+    ("temperature", lambda v: _is_number(v) and v > 0, "> 0",
+     "On-policy distillation samples the student's rollouts; the paper samples at 0.7. For greedy rollouts set "
+     "`generation_kwargs={'do_sample': False}` instead."),
+    ("top_p", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]", "The paper uses 0.95; 1.0 turns it off."),
+    ("top_k", lambda v: _is_int(v) and v >= 0, "an int >= 0", "0 turns top-k filtering off."),
+    ("min_p", lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "in [0, 1] or None",
+     "Typical values are 0.01 to 0.2; None or 0 turns it off."),
+    ("repetition_penalty", lambda v: _is_number(v) and v > 0, "> 0", "1.0 turns it off; above 1 discourages repeats."),
+    ("beta", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]",
+     "It selects the divergence: 0 is the forward KL, 0.5 the JSD, 1 the reverse KL (the paper's)."),
+]  # fmt: skip
+# Checked only when their strategy is "steps": at 0 or below, transformers reads them as a fraction of 0 steps and
+# never saves (or logs or evaluates at odd steps), silently.
+_STEP_FIELDS = [
+    ("logging_steps", "logging_strategy", lambda v: _is_number(v) and v > 0, "Or set `logging_strategy='no'`."),
+    (
+        "save_steps",
+        "save_strategy",
+        lambda v: _is_number(v) and v > 0,
+        "For no checkpoints, set `save_strategy='no'`.",
+    ),
+    ("eval_steps", "eval_strategy", lambda v: v is None or (_is_number(v) and v >= 0), "None or 0: `logging_steps`."),
+]
+_VLLM_FIELDS = [
+    ("vllm_gpu_memory_utilization", lambda v: _is_number(v) and 0 < v <= 1, "in (0, 1]",
+     "It is the share of GPU memory the colocated engine may take (TRL's default: 0.3)."),
+    ("vllm_tensor_parallel_size", *_POSITIVE_INT, ""),
+    ("vllm_max_model_length", lambda v: v is None or (_is_int(v) and v > 0), "a positive int or None", ""),
+]  # fmt: skip
+
+
+def _fail(name: str, value, rule: str, fix: str = ""):
+    return ValueError(f"`{name}` must be {rule}, got {value!r}.{' ' + fix if fix else ''}")
+
+
+def check_training_numbers(config) -> None:
+    """Type and range checks of TRL's and transformers' numeric fields, run when an `ESRConfig` is built and before
+    transformers' own `__post_init__` (whose checks fail on `None` with a `TypeError`). Without them, each value
+    rejected here failed late (at the first generation, the optimizer's creation or the first evaluation), obscurely
+    (a torch message naming no field) or silently (`num_train_epochs=0` trains no step, `save_steps=0` never saves);
+    docs/reliability.md lists the sweep."""
+    if config.top_k is None:  # HF generation reads None as "off", vLLM does not: give it one meaning for both
+        config.top_k = 0
+    for name, ok, rule, fix in _NUMERIC_FIELDS:
+        if not ok(getattr(config, name)):
+            raise _fail(name, getattr(config, name), rule, fix)
+    for name, strategy, ok, fix in _STEP_FIELDS:
+        if _is_steps(getattr(config, strategy)) and not ok(getattr(config, name)):
+            raise _fail(name, getattr(config, name), f"> 0 with `{strategy}='steps'` (below 1: a fraction)", fix)
+    for name, ok, rule, fix in _VLLM_FIELDS if config.use_vllm else []:
+        if not ok(getattr(config, name)):
+            raise _fail(name, getattr(config, name), rule, fix)
+    if config.max_steps < 0 and config.num_train_epochs <= 0:
+        raise ValueError(
+            f"`num_train_epochs` must be > 0 when `max_steps` is {config.max_steps} (train by epochs), got "
+            f"{config.num_train_epochs}: no step would run. Set `num_train_epochs` (e.g. 1) or a positive `max_steps`."
+        )
+    if config.learning_rate > 1:
+        logger.warning(
+            f"`learning_rate` is {config.learning_rate:g}, far above the usual 1e-6 to 1e-4: the first updates will "
+            "likely overflow the weights, and the non-finite guard will then stop the run."
+        )
+
+
+def check_padding_number(config) -> None:
+    """`pad_to_multiple_of`, once TRL has turned its string forms into an int or None (0 used to end the first step
+    in a `ZeroDivisionError`, after the rollouts)."""
+    value = config.pad_to_multiple_of
+    if not (value is None or (_is_int(value) and value > 0)):
+        raise _fail("pad_to_multiple_of", value, "a positive int or None", "None: no padding.")
