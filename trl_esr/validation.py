@@ -9,9 +9,11 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
+
+if TYPE_CHECKING:  # imported where used: `ESRConfig` runs the numeric checks, and must not import `datasets`
+    from transformers import PreTrainedTokenizerBase
 
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ def check_dataset(dataset, args, num_processes: int) -> None:
             f"The training dataset has no `prompt` column (columns: {columns}). ESR generates the responses itself, "
             f"so it needs prompts only: plain strings or lists of chat messages.{hint}"
         )
+    from datasets import Dataset
+
     rows = dataset["prompt"] if isinstance(dataset, Dataset) else [next(iter(dataset))["prompt"]]
     for index, prompt in enumerate(rows):
         _check_prompt(index, prompt)
@@ -67,7 +71,7 @@ def _check_prompt(index: int, prompt) -> None:
         raise ValueError(f"Prompt {index} of the training dataset has only empty messages. Remove it before training.")
 
 
-def check_tokenizer(tokenizer: PreTrainedTokenizerBase, dataset) -> None:
+def check_tokenizer(tokenizer: "PreTrainedTokenizerBase", dataset) -> None:
     """An end-of-sequence token exists (rollouts must be able to end), and chat prompts have a template to render."""
     if tokenizer.eos_token_id is None:
         raise ValueError(
@@ -82,9 +86,11 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, dataset) -> None:
         )
 
 
-def check_prompt_lengths(tokenizer: PreTrainedTokenizerBase, dataset, max_completion_length: int, context: int):
+def check_prompt_lengths(tokenizer: "PreTrainedTokenizerBase", dataset, max_completion_length: int, context: int):
     """Every prompt plus a full-length completion (evaluation generates up to `max_completion_length`) fits the
     student's context window."""
+    from datasets import Dataset
+
     if not isinstance(dataset, Dataset):
         return
     prompts = list(dataset["prompt"])
@@ -133,6 +139,8 @@ def check_models(model, teacher_model, processing_class) -> None:
             "`teacher_model` is None: on-policy distillation needs a teacher to score the student's rollouts. Pass "
             "`teacher_model=` (a Hub id, a local folder or a loaded model)."
         )
+    from transformers import PreTrainedModel
+
     if processing_class is None and isinstance(model, PreTrainedModel) and not model.config._name_or_path:
         raise ValueError(
             "The student was built in Python (its config has no `name_or_path`), so there is no folder to load its "
@@ -288,6 +296,8 @@ def check_shared_vocabulary(pairing, min_fraction: float) -> None:
     if pairing.mode != "aligned":
         return
     student = pairing.processing_class
+    from transformers import ProcessorMixin
+
     student = student.tokenizer if isinstance(student, ProcessorMixin) else student
     special = set(student.all_special_ids) | set(student.added_tokens_decoder)
     ordinary = len(student) - len(special)
