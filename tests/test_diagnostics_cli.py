@@ -231,3 +231,129 @@ def test_suggest_k_bad_inputs_fail_before_loading_models(llama_paths, dataset_fi
         assert message in err, (overrides, err)
         errors = [line for line in err.splitlines() if "trl-esr suggest-k: error:" in line]
         assert len(errors) == 1 and "Traceback" not in err, err  # one line, no traceback
+
+
+# Issue 13: no finished work is discarded. Rollouts, scores and probe results are written batch by batch; a crash or
+# Ctrl-C keeps them (and says so), and the same command resumes with the numbers of an uninterrupted run.
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(llama_paths, dataset_file, tmp_path_factory):
+    """A run of 6 prompts in 3 batches of 2, with the teacher-decay probe."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    argv = command(llama_paths, dataset_file, out, batch_size=2, probe_k_grid=[0, 4])
+    assert main(argv) == EXIT_RECOMMENDED
+    return out
+
+
+def failing_on_call(function, call, error):
+    """`function`, raising `error` on its `call`-th call (1-based); the wrapper counts every call in `.calls`."""
+
+    def wrapper(*args, **kwargs):
+        wrapper.calls += 1
+        if wrapper.calls == call:
+            raise error
+        return function(*args, **kwargs)
+
+    wrapper.calls = 0
+    return wrapper
+
+
+def report(out):
+    full = json.loads((out / "diagnostics.json").read_text())
+    return {section: full[section] for section in ("per_position", "recommendation", "teacher_decay", "key_numbers")}
+
+
+def test_suggest_k_keeps_the_rollouts_and_scores_of_a_crash_and_resumes(
+    llama_paths, dataset_file, uninterrupted, tmp_path, capsys, monkeypatch
+):
+    import trl_esr.diagnostics.per_position as per_position
+
+    argv = command(llama_paths, dataset_file, tmp_path, batch_size=2, probe_k_grid=[0, 4])
+    original = per_position._score_batch
+    monkeypatch.setattr(
+        per_position, "_score_batch", failing_on_call(original, 2, RuntimeError("CUDA out of memory (injected)"))
+    )
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: CUDA out of memory (injected)" in err  # the traceback is kept for a real crash
+    assert err.strip().splitlines()[-1] == (
+        f"trl-esr suggest-k: failed (RuntimeError). Partial results kept in {tmp_path}: 6 of 6 rollouts "
+        "(rollouts.jsonl), 2 of 6 scored (scores.jsonl). Run again with the same settings and output folder to "
+        "resume from there."
+    )
+    assert read_jsonl(tmp_path / "rollouts.jsonl") == read_jsonl(uninterrupted / "rollouts.jsonl")
+    assert read_jsonl(tmp_path / "scores.jsonl") == read_jsonl(uninterrupted / "scores.jsonl")[:2]  # the 1st batch
+    assert not (tmp_path / "diagnostics.json").exists()
+
+    counting = failing_on_call(original, 0, None)  # never fails
+    monkeypatch.setattr(per_position, "_score_batch", counting)
+    assert main(argv) == EXIT_RECOMMENDED
+    assert f"Resuming the unfinished run in {tmp_path}: 6 of 6 rollouts" in capsys.readouterr().err
+    assert counting.calls == 2  # only batches 2 and 3 were scored this time
+    assert report(tmp_path) == report(uninterrupted)
+    assert read_jsonl(tmp_path / "scores.jsonl") == read_jsonl(uninterrupted / "scores.jsonl")
+
+
+def test_suggest_k_interrupted_during_rollouts_keeps_the_first_batch_and_resumes_exactly(
+    llama_paths, dataset_file, uninterrupted, tmp_path, capsys, monkeypatch
+):
+    import trl_esr.diagnostics.cli as suggest_cli
+
+    load_models = suggest_cli._load_models
+
+    def student_interrupted_at_its_second_batch(args):
+        student, teacher, tokenizer = load_models(args)
+        student.generate = failing_on_call(student.generate, 2, KeyboardInterrupt())
+        return student, teacher, tokenizer
+
+    argv = command(llama_paths, dataset_file, tmp_path, batch_size=2, probe_k_grid=[0, 4])
+    monkeypatch.setattr(suggest_cli, "_load_models", student_interrupted_at_its_second_batch)
+    assert main(argv) == suggest_cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"trl-esr suggest-k: interrupted. Partial results kept in {tmp_path}: 2 of 6 rollouts (rollouts.jsonl), "
+        "0 of 6 scored (scores.jsonl). Run again with the same settings and output folder to resume from there."
+    )
+    first_batch = read_jsonl(tmp_path / "rollouts.jsonl")
+    assert first_batch == read_jsonl(uninterrupted / "rollouts.jsonl")[:2]
+    assert [row["index"] for row in first_batch] == [0, 1] and all(row["completion_ids"] for row in first_batch)
+
+    # Other settings: refused before any model is loaded, naming the difference.
+    monkeypatch.setattr(suggest_cli, "_load_models", lambda args: pytest.fail("a model was loaded"))
+    assert main(command(llama_paths, dataset_file, tmp_path, batch_size=2, seed=4)) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "holds the partial results of an unfinished run with other settings (seed: 3, now 4)" in err
+    assert "Rerun with its settings to resume it" in err
+
+    # The same settings: the sampling RNG is restored, so the resumed run is the uninterrupted one.
+    monkeypatch.setattr(suggest_cli, "_load_models", load_models)
+    assert main(argv) == EXIT_RECOMMENDED
+    assert "Resuming the unfinished run" in capsys.readouterr().err
+    assert read_jsonl(tmp_path / "rollouts.jsonl") == read_jsonl(uninterrupted / "rollouts.jsonl")
+    assert report(tmp_path) == report(uninterrupted)
+
+    # A finished run is not resumed: other settings start over in the same folder.
+    assert main(command(llama_paths, dataset_file, tmp_path, batch_size=2, seed=4)) == EXIT_RECOMMENDED
+    assert "Resuming" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "progress.json").read_text())["settings"]["seed"] == 4
+
+
+def test_suggest_k_keeps_the_measurements_when_the_report_fails(
+    llama_paths, dataset_file, tmp_path, capsys, monkeypatch
+):
+    import trl_esr.diagnostics.report as report_module
+
+    def broken_plot(*args, **kwargs):
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(report_module, "_plot", broken_plot)
+    assert main(command(llama_paths, dataset_file, tmp_path)) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"trl-esr suggest-k: could not write the report (ZeroDivisionError). The measurements are kept in {tmp_path}: "
+        "rollouts.jsonl and scores.jsonl."
+    )
+    assert len(read_jsonl(tmp_path / "rollouts.jsonl")) == len(read_jsonl(tmp_path / "scores.jsonl")) == 6

@@ -14,24 +14,31 @@ trl-esr suggest-k --config suggest_k.yaml --student_adapter_path my-lora --load_
 ```
 
 Exit codes: 0 = k recommended; 2 = bad input (arguments, dataset, models); 3 = no recommendation possible (the
-teacher and student agree too closely for the KL curve to say anything; the report is still written).
+teacher and student agree too closely for the KL curve to say anything; the report is still written); 1 = a crash and
+130 = Ctrl-C during the measurement: the rollouts and scores finished so far are kept in `--output_dir`
+(`rollouts.jsonl`, `scores.jsonl`), and running the same command again resumes from there.
 """
 
 import sys
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from trl import TrlParser
 
 from .decay import boxed_answer_checker
+from .prompts import prompt_from_row
 from .recommend import DEFAULT_THRESHOLD
 from .report import caveats, key_numbers, write_report
-from .run import run_diagnostics
+from .run import ROLLOUTS_FILE, SCORES_FILE, check_resumable, measured_settings, run_diagnostics
 
 
 EXIT_RECOMMENDED = 0
 EXIT_BAD_INPUT = 2
 EXIT_NO_RECOMMENDATION = 3
+EXIT_FAILED = 1  # a crash during the measurement (what was finished is kept in `--output_dir`)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 
 @dataclass
@@ -86,7 +93,13 @@ class SuggestKArguments:
             "help": "Share of the total per-position KL the first k tokens must hold, in (0, 1) (paper: about 45%%)."
         },
     )
-    output_dir: str = field(default="esr-diagnostics", metadata={"help": "Where the JSON, plots and report go."})
+    output_dir: str = field(
+        default="esr-diagnostics",
+        metadata={
+            "help": "Where the JSON, plots and report go. Rollouts and scores are written there batch by batch "
+            "(rollouts.jsonl, scores.jsonl): after a crash or Ctrl-C, the same command resumes where it stopped."
+        },
+    )
     probe_k_grid: list[int] = field(
         default_factory=list,
         metadata={"help": "Student-prefix lengths for the teacher-decay probe, e.g. `0 100 300`; empty: no probe."},
@@ -103,16 +116,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _validate(args)
         rows = _load_prompt_rows(args)
+        resuming = check_resumable(
+            args.output_dir, _measured_settings(args, len(rows)), [prompt_from_row(row) for row in rows]
+        )
         student, teacher, tokenizer = _load_models(args)
     except (ValueError, OSError) as error:
         return _bad_input(error)
+    if resuming:
+        print(resuming, file=sys.stderr)
 
-    result = run_diagnostics(
-        student, teacher, tokenizer, rows, args.max_completion_length, args.temperature, args.top_p, args.batch_size,
-        args.seed, args.threshold, args.probe_k_grid, boxed_answer_checker(args.answer_column) if args.probe_k_grid
-        else None,
-    )  # fmt: skip
-    paths = write_report(result, args.output_dir, extra_settings=_model_settings(args))
+    # Rollouts, scores and probe results are written to `--output_dir` batch by batch: a crash or Ctrl-C keeps them,
+    # and the same command resumes from there.
+    try:
+        result = run_diagnostics(
+            student, teacher, tokenizer, rows, args.max_completion_length, args.temperature, args.top_p,
+            args.batch_size, args.seed, args.threshold, args.probe_k_grid,
+            boxed_answer_checker(args.answer_column) if args.probe_k_grid else None,
+            save_dir=args.output_dir, run_identity=_run_identity(args),
+        )  # fmt: skip
+    except KeyboardInterrupt as interrupt:
+        return _stopped("interrupted", interrupt, EXIT_INTERRUPTED)
+    except Exception as error:
+        traceback.print_exc()
+        return _stopped(f"failed ({type(error).__name__})", error, EXIT_FAILED)
+    try:
+        paths = write_report(result, args.output_dir, extra_settings=_model_settings(args))
+    except Exception as error:
+        traceback.print_exc()
+        error.add_note(f"The measurements are kept in {args.output_dir}: {ROLLOUTS_FILE} and {SCORES_FILE}.")
+        return _stopped(f"could not write the report ({type(error).__name__})", error, EXIT_FAILED)
     _print_summary(result, paths)
     return EXIT_RECOMMENDED if result.recommendation.k is not None else EXIT_NO_RECOMMENDATION
 
@@ -218,6 +250,41 @@ def _model_settings(args: SuggestKArguments) -> dict:
         "dataset_split": args.dataset_split,
         "prompt_column": args.prompt_column,
     }
+
+
+def _measured_settings(args: SuggestKArguments, num_prompts: int) -> dict:
+    """The settings `run_diagnostics` saves with its partial results (see `run.measured_settings`)."""
+    settings = {
+        "num_prompts": num_prompts,
+        "max_completion_length": args.max_completion_length,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+    return measured_settings(settings, _run_identity(args))
+
+
+def _run_identity(args: SuggestKArguments) -> dict:
+    """The model and dataset settings, plus the size and time of each local model file: partial results are reused
+    only for the same models (a student retrained into the same folder is another model)."""
+    identity = _model_settings(args)
+    for name in ("model_name_or_path", "teacher_model_name_or_path", "student_adapter_path"):
+        folder = Path(identity[name]).expanduser() if identity[name] else None
+        if folder is not None and folder.is_dir():
+            identity[f"{name}_files"] = {
+                file.name: [file.stat().st_size, file.stat().st_mtime_ns]
+                for file in sorted(folder.iterdir())
+                if file.is_file()
+            }
+    return identity
+
+
+def _stopped(what: str, error: BaseException, code: int) -> int:
+    notes = getattr(error, "__notes__", [])
+    kept = notes[-1] if notes else "Nothing was finished yet."
+    print(f"trl-esr suggest-k: {what}. {kept}", file=sys.stderr)
+    return code
 
 
 def _print_summary(result, paths: dict) -> None:

@@ -48,17 +48,25 @@ def teacher_decay_probe(
     max_completion_length: int,
     batch_size: int = 8,
     show_progress: bool = True,
+    done: dict[int, tuple[float, int, int]] | None = None,
+    on_k: Callable[[int, float, int, int], None] | None = None,
 ) -> DecayResult:
     """Cut each student completion after k tokens, let the teacher continue greedily up to `max_completion_length`
     response tokens in all, and check the full response (prefix + continuation) with `answer_checker(row, text)`.
 
     Greedy decoding makes the probe deterministic given the student rollouts. Teacher and student share the tokenizer.
+    `done` maps a k already measured (by an interrupted run) to its `(accuracy, num_prompts, num_short)`, which is
+    reused; `on_k(k, accuracy, num_prompts, num_short)` is called after each k measured here.
     """
     if any(not 0 <= k < max_completion_length for k in k_grid):
         raise ValueError(f"Every k of the probe grid must be in [0, {max_completion_length}); got {list(k_grid)}.")
     eos_ids = eos_token_ids(tokenizer, teacher)
     accuracy, num_prompts, num_short = [], [], []
     for k in tqdm(k_grid, desc="teacher-decay probe", disable=not show_progress):
+        if done and k in done:
+            for values, value in zip((accuracy, num_prompts, num_short), done[k], strict=True):
+                values.append(value)
+            continue
         prefixes = [[token for token in completion if token not in eos_ids][:k] for completion in completion_ids]
         generation_config = GenerationConfig(
             max_new_tokens=max_completion_length - k,
@@ -82,6 +90,8 @@ def teacher_decay_probe(
         accuracy.append(sum(correct) / len(correct))
         num_prompts.append(len(correct))
         num_short.append(sum(len(prefix) < k for prefix in prefixes))
+        if on_k is not None:
+            on_k(k, accuracy[-1], num_prompts[-1], num_short[-1])
     return DecayResult(list(k_grid), accuracy, num_prompts, num_short)
 
 

@@ -10,7 +10,7 @@ rollouts and the float32 softmaxes computed a chunk of positions at a time to bo
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -50,9 +50,13 @@ def sample_completions(
     eos_token_ids: list[int],
     batch_size: int = 8,
     show_progress: bool = True,
+    on_batch: Callable[[int, list[list[int]]], None] | None = None,
 ) -> list[list[int]]:
     """Sample one completion per prompt with HF `generate` (vLLM is not used here) and return its token ids, cut
-    after the first EOS (kept). The caller seeds the RNG; the batch size is part of what a seed reproduces."""
+    after the first EOS (kept). The caller seeds the RNG; the batch size is part of what a seed reproduces.
+
+    `on_batch(start, completions)`, if given, is called after each batch with the index of its first prompt and its
+    completions (to save them as they are made: see `run_diagnostics`' `save_dir`)."""
     model.eval()
     completions = []
     for start in tqdm(range(0, len(prompt_ids), batch_size), desc="student rollouts", disable=not show_progress):
@@ -61,9 +65,13 @@ def sample_completions(
         output = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config
         )
+        batch = []
         for row in output[:, input_ids.size(1) :].tolist():  # (b, C)
             ends = [i for i, token in enumerate(row) if token in eos_token_ids]
-            completions.append(row[: ends[0] + 1] if ends else row)
+            batch.append(row[: ends[0] + 1] if ends else row)
+        completions += batch
+        if on_batch is not None:
+            on_batch(start, batch)
     return completions
 
 
@@ -77,24 +85,41 @@ def score_completions(
     batch_size: int = 8,
     show_progress: bool = True,
     teacher_prompt_ids: list[list[int]] | None = None,
+    length: int | None = None,
+    on_batch: Callable[[int, tuple[torch.Tensor, ...]], None] | None = None,
 ) -> PositionStats:
     """Score each completion with one forward of the student and one of the teacher per batch and return the
     per-token statistics (see [`PositionStats`]). Both models must share the tokenizer and vocabulary. With
     `teacher_prompt_ids`, the teacher reads the completion after its own rendering of the prompt (the trainer's
     `teacher_chat_template`), as in training.
 
+    Every batch is right-padded to `length` positions (default: the longest completion), so scoring a slice of the
+    completions with the full set's `length` gives the same numbers as scoring them all. `on_batch(start, stats)`, if
+    given, is called after each batch with the index of its first completion and its `PositionStats` fields.
+
     This is the single place where the per-position reverse KL is computed; anything that plots or aggregates it
     (the `suggest-k` report, the training callback, the demo) calls this function.
     """
     student.eval()
     teacher.eval()
-    length = max(len(completion) for completion in completion_ids)
+    if length is None:
+        length = max(len(completion) for completion in completion_ids)
     batches = []
     for start in tqdm(range(0, len(prompt_ids), batch_size), desc="scoring", disable=not show_progress):
         prompts, completions = prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size]
         teacher_prompts = prompts if teacher_prompt_ids is None else teacher_prompt_ids[start : start + batch_size]
         batches.append(_score_batch(student, teacher, prompts, teacher_prompts, completions, pad_token_id, length))
+        if on_batch is not None:
+            on_batch(start, batches[-1])
+    if not batches:
+        return empty_stats(length)
     return PositionStats(*(torch.cat([batch[i] for batch in batches]) for i in range(5)))
+
+
+def empty_stats(length: int) -> PositionStats:
+    """`PositionStats` of no rollout, `(0, length)` tensors."""
+    zeros = torch.zeros(0, length)
+    return PositionStats(zeros, zeros.clone(), zeros.clone(), zeros.clone(), torch.zeros(0, length, dtype=torch.bool))
 
 
 def _score_batch(

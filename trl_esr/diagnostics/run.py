@@ -1,8 +1,25 @@
-"""`run_diagnostics`: sample full-length student rollouts, score them with the teacher, recommend k, probe decay."""
+"""`run_diagnostics`: sample full-length student rollouts, score them with the teacher, recommend k, probe decay.
 
+With `save_dir`, finished work is written as it is made, so a crash or Ctrl-C loses at most the batch in flight:
+
+- `rollouts.jsonl`: one row per student rollout (`index`, `prompt`, `completion`, `completion_ids`), after each batch;
+- `scores.jsonl`: one row per scored rollout (`index` and its per-token `reverse_kl`, `student_entropy`,
+  `teacher_entropy`, `teacher_agrees`), after each batch;
+- `teacher_decay.jsonl`: one row per probe length (`k`, `accuracy`, `num_prompts`, `num_short`);
+- `progress.json`: the settings, how far each stage got and the sampling RNG state after the last saved batch.
+
+Running again with the same settings and `save_dir` resumes an unfinished run where it stopped, with the numbers an
+uninterrupted run gives (the RNG state is restored; the batches are the same).
+"""
+
+import base64
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .decay import AnswerChecker, DecayResult, teacher_decay_probe
@@ -54,6 +71,8 @@ def run_diagnostics(
     probe_k_grid: Sequence[int] = (),
     answer_checker: AnswerChecker | None = None,
     show_progress: bool = True,
+    save_dir: str | Path | None = None,
+    run_identity: dict | None = None,
 ) -> DiagnosticsResult:
     """Measure where along full-length student rollouts the teacher disagrees, and recommend k.
 
@@ -61,35 +80,13 @@ def run_diagnostics(
     HF `generate` at `temperature` / `top_p` (the paper's 0.7 / 0.95 by default; no top-k) up to
     `max_completion_length` tokens. The same `seed` and `batch_size` give the same numbers. If `probe_k_grid` is not
     empty, the teacher-decay probe runs too and needs `answer_checker`.
+
+    With `save_dir`, rollouts, scores and probe results are written there batch by batch (see the module docstring);
+    an exception or `KeyboardInterrupt` then carries a note saying what was kept, and a second call with the same
+    settings (and `run_identity`, e.g. the model paths, which must match too) resumes from there.
     """
     if probe_k_grid and answer_checker is None:
         raise ValueError("`probe_k_grid` is set but `answer_checker` is None: the probe needs a way to grade answers.")
-    prompt_ids = tokenize_prompts(tokenizer, [prompt_from_row(row) for row in prompt_rows])
-    eos_ids = eos_token_ids(tokenizer, student)
-    generation_config = GenerationConfig(
-        max_new_tokens=max_completion_length,
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,  # the paper samples with temperature and top-p only
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos_ids,
-    )
-    with seeded_sampling(seed, student.device):
-        completion_ids = sample_completions(
-            student, prompt_ids, generation_config, tokenizer.pad_token_id, eos_ids, batch_size, show_progress
-        )
-    stats = score_completions(
-        student, teacher, prompt_ids, completion_ids, tokenizer.pad_token_id, batch_size, show_progress
-    )
-    summary = summarize(stats)
-    recommendation = recommend_k(summary.kl_mean, summary.alive, threshold)
-    decay = None
-    if probe_k_grid:
-        decay = teacher_decay_probe(
-            teacher, tokenizer, prompt_rows, prompt_ids, completion_ids, probe_k_grid, answer_checker,
-            max_completion_length, batch_size, show_progress,
-        )  # fmt: skip
     settings = {
         "num_prompts": len(prompt_rows),
         "max_completion_length": max_completion_length,
@@ -100,4 +97,279 @@ def run_diagnostics(
         "threshold": threshold,
         "probe_k_grid": list(probe_k_grid),
     }
+    prompts = [prompt_from_row(row) for row in prompt_rows]
+    saved = None
+    if save_dir is not None:
+        saved = PartialResults.open(save_dir, measured_settings(settings, run_identity), prompts)
+    try:
+        return _measure(student, teacher, tokenizer, prompt_rows, prompts, settings, answer_checker, show_progress,
+                        saved)  # fmt: skip
+    except BaseException as error:  # KeyboardInterrupt too: say what was kept, then let it propagate
+        if saved is not None:
+            error.add_note(saved.describe())
+        raise
+
+
+def _measure(student, teacher, tokenizer, prompt_rows, prompts, settings, answer_checker, show_progress, saved):
+    max_completion_length, batch_size = settings["max_completion_length"], settings["batch_size"]
+    prompt_ids = tokenize_prompts(tokenizer, prompts)
+    eos_ids = eos_token_ids(tokenizer, student)
+    generation_config = GenerationConfig(
+        max_new_tokens=max_completion_length,
+        do_sample=True,
+        temperature=settings["temperature"],
+        top_p=settings["top_p"],
+        top_k=0,  # the paper samples with temperature and top-p only
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos_ids,
+    )
+    done = saved.completion_ids if saved is not None else []
+    with seeded_sampling(settings["seed"], student.device):
+        if saved is not None and saved.rng_state is not None:
+            _set_rng_state(saved.rng_state, student.device)  # continue the interrupted run's sampling exactly
+        on_batch = None if saved is None else lambda start, batch: saved.add_rollouts(
+            len(done) + start, batch, tokenizer, _rng_state(student.device)
+        )  # fmt: skip
+        completion_ids = done + sample_completions(
+            student, prompt_ids[len(done) :], generation_config, tokenizer.pad_token_id, eos_ids, batch_size,
+            show_progress, on_batch=on_batch,
+        )  # fmt: skip
+    length = max(len(completion) for completion in completion_ids)
+    scored = saved.scored_stats(length) if saved is not None else None
+    first = 0 if scored is None else scored.mask.size(0)
+    stats = score_completions(
+        student, teacher, prompt_ids[first:], completion_ids[first:], tokenizer.pad_token_id, batch_size,
+        show_progress, length=length,
+        on_batch=None if saved is None else lambda start, batch: saved.add_scores(first + start, batch),
+    )  # fmt: skip
+    if scored is not None:
+        stats = PositionStats(*(torch.cat([a, b]) for a, b in zip(_fields(scored), _fields(stats), strict=True)))
+    summary = summarize(stats)
+    recommendation = recommend_k(summary.kl_mean, summary.alive, settings["threshold"])
+    decay = None
+    if settings["probe_k_grid"]:
+        decay = teacher_decay_probe(
+            teacher, tokenizer, prompt_rows, prompt_ids, completion_ids, settings["probe_k_grid"], answer_checker,
+            max_completion_length, batch_size, show_progress,
+            done=saved.probed if saved is not None else None, on_k=saved.add_probe if saved is not None else None,
+        )  # fmt: skip
+    if saved is not None:
+        saved.finish()
     return DiagnosticsResult(settings, summary, recommendation, decay, stats, completion_ids)
+
+
+def _fields(stats: PositionStats) -> tuple[torch.Tensor, ...]:
+    return (stats.reverse_kl, stats.student_entropy, stats.teacher_entropy, stats.teacher_agrees, stats.mask)
+
+
+# Partial results on disk
+
+ROLLOUTS_FILE, SCORES_FILE, PROBE_FILE, PROGRESS_FILE = (
+    "rollouts.jsonl", "scores.jsonl", "teacher_decay.jsonl", "progress.json"
+)  # fmt: skip
+_STAT_NAMES = ("reverse_kl", "student_entropy", "teacher_entropy", "teacher_agrees")
+# Settings that do not change what is measured: a resumed run may change them (`threshold` only reads the KL curve;
+# the probe reuses the lengths already measured).
+_UNMEASURED = ("threshold", "probe_k_grid")
+
+
+def measured_settings(settings: dict, run_identity: dict | None = None) -> dict:
+    """What must be equal for saved rollouts and scores to be reused: the sampling settings and `run_identity`."""
+    return {**{k: v for k, v in settings.items() if k not in _UNMEASURED}, **(run_identity or {})}
+
+
+def check_resumable(save_dir: str | Path, settings: dict, prompts: Sequence) -> str | None:
+    """Raise `ValueError` if `save_dir` holds an unfinished run with other settings or prompts (resuming it would mix
+    two runs, starting over would discard it); return a line describing what will be resumed, or `None`."""
+    saved = PartialResults.read(save_dir, settings, prompts)
+    return None if saved is None else f"Resuming the unfinished run in {save_dir}: {saved.counts()}."
+
+
+class PartialResults:
+    """The finished part of a `run_diagnostics` call, in `directory`, updated after every batch."""
+
+    def __init__(self, directory: Path, settings: dict, prompts: Sequence):
+        self.directory, self.settings, self.prompts = directory, settings, prompts
+        self.rollout_rows: list[dict] = []
+        self.score_rows: list[dict] = []
+        self.probed: dict[int, tuple[float, int, int]] = {}
+        self.rng_state: dict | None = None  # the sampling RNG after the last saved batch of rollouts
+
+    @property
+    def completion_ids(self) -> list[list[int]]:
+        return [row["completion_ids"] for row in self.rollout_rows]
+
+    @classmethod
+    def read(cls, directory, settings: dict, prompts: Sequence) -> "PartialResults | None":
+        """The unfinished run saved in `directory` if its settings and prompts match; `None` if there is none (or it
+        finished); `ValueError` if it is another run's."""
+        directory = Path(directory)
+        try:
+            progress = json.loads((directory / PROGRESS_FILE).read_text())
+        except (OSError, ValueError):  # none, or unreadable: nothing to resume
+            return None
+        if progress.get("complete", True):
+            return None
+        theirs = progress.get("settings", {})
+        differing = sorted(
+            key for key in {*theirs, *settings} if _canonical(theirs.get(key)) != _canonical(settings.get(key))
+        )
+        where = f"The output folder (`--output_dir`) {str(directory)!r} holds the partial results of an unfinished run"
+        discard = f"delete {directory / PROGRESS_FILE} to discard them"
+        if differing:
+            changes = "; ".join(f"{key}: {theirs.get(key)!r}, now {settings.get(key)!r}" for key in differing[:4])
+            raise ValueError(
+                f"{where} with other settings ({changes}). Rerun with its settings to resume it, choose another "
+                f"`--output_dir`, or {discard}."
+            )
+        saved = cls(directory, settings, prompts)
+        rows = _read_rows(directory / ROLLOUTS_FILE)[: progress.get("rollouts", 0)]
+        for row in rows:
+            index = row.get("index")
+            if index is None or index >= len(prompts) or _canonical(row.get("prompt")) != _canonical(prompts[index]):
+                raise ValueError(
+                    f"{where} on other prompts (prompt {index} differs: the dataset changed). Choose another "
+                    f"`--output_dir`, or {discard}."
+                )
+        saved.rollout_rows = rows
+        saved.rng_state = progress.get("rng_state") if rows else None
+        saved.score_rows = _read_rows(directory / SCORES_FILE)[: progress.get("scored", 0)]
+        saved.probed = {
+            row["k"]: (row["accuracy"], row["num_prompts"], row["num_short"])
+            for row in _read_rows(directory / PROBE_FILE)
+        }
+        return saved
+
+    @classmethod
+    def open(cls, directory, settings: dict, prompts: Sequence) -> "PartialResults":
+        """Resume the unfinished run in `directory` (see `read`) or start a new one there; rewrite the files to hold
+        exactly what is reused."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        saved = cls.read(directory, settings, prompts) or cls(directory, settings, prompts)
+        _write_rows(directory / ROLLOUTS_FILE, saved.rollout_rows)
+        _write_rows(directory / SCORES_FILE, saved.score_rows)
+        _write_rows(directory / PROBE_FILE, [
+            {"k": k, "accuracy": a, "num_prompts": n, "num_short": s} for k, (a, n, s) in saved.probed.items()
+        ])  # fmt: skip
+        saved._write_progress()
+        return saved
+
+    def add_rollouts(self, start: int, completions: list[list[int]], tokenizer, rng_state: dict) -> None:
+        rows = [
+            {"index": start + i, "prompt": self.prompts[start + i],
+             "completion": tokenizer.decode(ids, skip_special_tokens=True), "completion_ids": ids}
+            for i, ids in enumerate(completions)
+        ]  # fmt: skip
+        _append_rows(self.directory / ROLLOUTS_FILE, rows)
+        self.rollout_rows += rows
+        self.rng_state = rng_state
+        self._write_progress()
+
+    def add_scores(self, start: int, batch: tuple[torch.Tensor, ...]) -> None:
+        *values, mask = batch
+        rows = []
+        for i in range(mask.size(0)):
+            n = int(mask[i].sum())
+            stats = {name: value[i, :n].tolist() for name, value in zip(_STAT_NAMES, values, strict=True)}
+            rows.append({"index": start + i, **stats})
+        _append_rows(self.directory / SCORES_FILE, rows)
+        self.score_rows += rows
+        self._write_progress()
+
+    def add_probe(self, k: int, accuracy: float, num_prompts: int, num_short: int) -> None:
+        _append_rows(self.directory / PROBE_FILE, [
+            {"k": k, "accuracy": accuracy, "num_prompts": num_prompts, "num_short": num_short}
+        ])  # fmt: skip
+        self.probed[k] = (accuracy, num_prompts, num_short)
+
+    def scored_stats(self, length: int) -> PositionStats | None:
+        """The saved scores as `(n, length)` tensors, padded as `score_completions` pads them; `None` if none."""
+        if not self.score_rows:
+            return None
+        n = len(self.score_rows)
+        values = [torch.zeros(n, length) for _ in _STAT_NAMES]
+        mask = torch.zeros(n, length, dtype=torch.bool)
+        for i, row in enumerate(self.score_rows):
+            width = len(row["reverse_kl"])
+            for tensor, name in zip(values, _STAT_NAMES, strict=True):
+                tensor[i, :width] = torch.tensor(row[name], dtype=torch.float32)
+            mask[i, :width] = True
+        return PositionStats(*values, mask)
+
+    def finish(self) -> None:
+        self._write_progress(complete=True)
+
+    def counts(self) -> str:
+        parts = [
+            f"{len(self.rollout_rows)} of {len(self.prompts)} rollouts ({ROLLOUTS_FILE})",
+            f"{len(self.score_rows)} of {len(self.prompts)} scored ({SCORES_FILE})",
+        ]
+        if self.probed:
+            parts.append(f"{len(self.probed)} probe length(s) ({PROBE_FILE})")
+        return ", ".join(parts)
+
+    def describe(self) -> str:
+        return (
+            f"Partial results kept in {self.directory}: {self.counts()}. Run again with the same settings and output "
+            "folder to resume from there."
+        )
+
+    def _write_progress(self, complete: bool = False) -> None:
+        progress = {
+            "settings": self.settings,
+            "rollouts": len(self.rollout_rows),
+            "scored": len(self.score_rows),
+            "rng_state": self.rng_state,
+            "complete": complete,
+        }
+        temporary = self.directory / (PROGRESS_FILE + ".tmp")
+        temporary.write_text(json.dumps(progress, indent=1) + "\n")
+        os.replace(temporary, self.directory / PROGRESS_FILE)  # atomic: a crash leaves the old or the new file
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The complete JSON lines of `path` (a line cut short by a crash ends the list); `[]` if there is no file."""
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    break
+    except OSError:
+        return []
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+
+
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "a") as f:
+        f.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before `progress.json` counts it
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if device.type == "cuda":
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state(device).numpy().tobytes()).decode()
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["cpu"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(tensor(state["cuda"]), device)
