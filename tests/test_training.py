@@ -1,6 +1,9 @@
 """End-to-end training behaviour: what moves, what must not, PEFT, checkpoints and resume."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,3 +118,23 @@ def test_model_card_links_hub_datasets_and_names_local_ones(
     trainer.create_model_card(dataset_name=str(local))
     card = (tmp_path / "card" / "README.md").read_text()
     assert f"| dataset | `{local}` |" in card and "huggingface.co/datasets" not in card
+
+
+# Layers on top of the core: imported where they are used, never by `from trl_esr import ESRDistillTrainer`.
+OPTIONAL_LAYERS = ("trl_esr.diagnostics", "trl_esr.evaluation", "trl_esr.demo", "trl_esr.scripts", "trl_esr.cli",
+                   "trl_esr.tiny_models")  # fmt: skip
+
+
+def test_the_core_import_loads_no_optional_layer():
+    """The set of `trl_esr` modules the trainer's import loads, in a fresh interpreter (benchmarks/import_time.py
+    times it)."""
+    probe = (
+        "import json, sys; from trl_esr import ESRDistillTrainer; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'trl_esr')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    loaded = set(json.loads(result.stdout.splitlines()[-1]))
+    assert {"trl_esr.trainer", "trl_esr.config", "trl_esr.loss", "trl_esr._trl_compat"} <= loaded
+    optional = {m for m in loaded if m.startswith(OPTIONAL_LAYERS)}
+    assert optional == set(), f"the core import loaded optional layers: {sorted(optional)}"

@@ -24,7 +24,6 @@ from ._trl_compat import (
 )
 from .config import ESRConfig
 from .cross_tokenizer import align_batch
-from .diagnostics import ESRDiagnosticsCallback
 from .guards import CheckpointOnInterrupt, NonFiniteUpdateGuard
 from .horizon_guard import ESRHorizonGuard
 from .loss import aligned_divergence_loss, logit_postprocessor, make_divergence_loss
@@ -172,6 +171,8 @@ class ESRDistillTrainer(DistillationTrainer):
                                  "Set `esr_horizon_guard=None`.")  # fmt: skip
             logger.warning(f"ESR diagnostics (`esr_diagnostics_steps`) are off for this run: {reason}.")
             return
+        from .diagnostics.callback import ESRDiagnosticsCallback  # an optional layer: imported only when used
+
         diagnostics = ESRDiagnosticsCallback(self, args.esr_diagnostics_steps, args.esr_diagnostics_num_rollouts)
         self.add_callback(diagnostics)
         if args.esr_horizon_guard is not None:  # after the diagnostics: it reads their measurement at the same step

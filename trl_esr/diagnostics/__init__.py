@@ -9,14 +9,28 @@
 See docs/choosing-k.md.
 """
 
-from .callback import ESRDiagnosticsCallback, kl_within_and_beyond
-from .decay import DecayResult, boxed_answer_checker, teacher_decay_probe
-from .per_position import PositionStats, PositionSummary, sample_completions, score_completions, summarize
-from .prompts import prompt_from_row, tokenize_prompts
-from .recommend import KRecommendation, recommend_k
-from .report import key_numbers, write_report
-from .run import DiagnosticsResult, run_diagnostics
-
+# Each name is imported from its module on first use (PEP 562): the trainer needs the callback only, and only when
+# `esr_diagnostics_steps > 0`, so `import trl_esr` loads none of the report, probe or CLI code.
+_LAZY = {
+    "DecayResult": ".decay",
+    "DiagnosticsResult": ".run",
+    "ESRDiagnosticsCallback": ".callback",
+    "KRecommendation": ".recommend",
+    "PositionStats": ".per_position",
+    "PositionSummary": ".per_position",
+    "boxed_answer_checker": ".decay",
+    "key_numbers": ".report",
+    "kl_within_and_beyond": ".callback",
+    "prompt_from_row": ".prompts",
+    "recommend_k": ".recommend",
+    "run_diagnostics": ".run",
+    "sample_completions": ".per_position",
+    "score_completions": ".per_position",
+    "summarize": ".per_position",
+    "teacher_decay_probe": ".decay",
+    "tokenize_prompts": ".prompts",
+    "write_report": ".report",
+}
 
 __all__ = [
     "DecayResult",
@@ -38,3 +52,17 @@ __all__ = [
     "tokenize_prompts",
     "write_report",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:  # AttributeError lets `from trl_esr.diagnostics import callback` import the submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
