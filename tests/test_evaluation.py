@@ -129,3 +129,85 @@ def test_generates_with_a_tiny_model(tokenizer, tmp_path):
     assert scores["n"] == 3 and scores["problems"] == 2 and 0 <= scores["avg@3"] <= scores["pass@3"] <= 100
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [len(row["responses"]) for row in rows] == [3, 3]
+
+
+# Issue 13: no finished work is discarded. Each batch's rows reach `--output_file` when the batch is done; a crash or
+# Ctrl-C says where they are and how many.
+
+
+@pytest.fixture
+def three_problems(tokenizer, tmp_path):
+    model = save_pretrained(build_tiny_causal_lm(tokenizer, "llama", hidden_size=32), tokenizer, tmp_path / "m")
+    data = tmp_path / "math.jsonl"
+    Dataset.from_dict({"problem": ["w1 w2", "w3 w4", "w5 w6"], "answer": ["w1", "w2", "w3"]}).to_json(data)
+    options = {"model_name_or_path": model, "dataset_name": str(data), "n": 2, "max_new_tokens": 3, "batch_size": 1,
+               "dtype": "float32"}  # fmt: skip
+    return lambda **overrides: [
+        item for name, value in {**options, **overrides}.items() for item in (f"--{name}", str(value))
+    ]
+
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def generate_failing_at_batch(monkeypatch, batch: int, error: BaseException) -> None:
+    import trl_esr.evaluation as evaluation
+
+    load_model = evaluation.load_model
+
+    def load(*args, **kwargs):
+        model, tokenizer = load_model(*args, **kwargs)
+        generate, calls = model.generate, []
+
+        def failing(*generate_args, **generate_kwargs):
+            calls.append(1)
+            if len(calls) == batch:
+                raise error
+            return generate(*generate_args, **generate_kwargs)
+
+        model.generate = failing
+        return model, tokenizer
+
+    monkeypatch.setattr(evaluation, "load_model", load)
+
+
+def test_a_crash_mid_generation_keeps_the_finished_problems(three_problems, tmp_path, monkeypatch, capsys):
+    from trl_esr.evaluation import main
+
+    full, partial = tmp_path / "full.jsonl", tmp_path / "partial.jsonl"
+    assert main(three_problems(output_file=full)) == 0
+    capsys.readouterr()
+    generate_failing_at_batch(monkeypatch, 2, RuntimeError("CUDA out of memory (injected)"))
+    assert main(three_problems(output_file=partial)) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: CUDA out of memory (injected)" in err  # the traceback of a real crash is kept
+    assert err.strip().splitlines()[-1] == (
+        f"evaluate_boxed: failed (RuntimeError). The responses to 1 of 3 problems are in {partial}: score them with "
+        f"`--responses_file {partial}`."
+    )
+    assert read_rows(partial) == read_rows(full)[:1]  # the first batch, as the uninterrupted run wrote it
+    assert main(["--responses_file", str(partial)]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == 1
+
+
+def test_ctrl_c_without_output_file_saves_the_finished_problems(three_problems, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from trl_esr.evaluation import main
+
+    full = tmp_path / "full.jsonl"
+    assert main(three_problems(output_file=full)) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    generate_failing_at_batch(monkeypatch, 3, KeyboardInterrupt())
+    assert main(three_problems()) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [saved] = (tmp_path / "tmp").iterdir()
+    assert err.strip().splitlines()[-1] == (
+        f"evaluate_boxed: interrupted. The responses to 2 of 3 problems are in {saved}: score them with "
+        f"`--responses_file {saved}`."
+    )
+    assert read_rows(saved) == read_rows(full)[:2]

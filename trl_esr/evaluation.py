@@ -15,6 +15,7 @@ both are the same rational number (`\frac{1}{2}`, `1/2`, `0.5`). It is a string 
 """
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -143,8 +144,9 @@ def chat_prompts(tokenizer, problems: list[str], system_prompt: str | None) -> l
 
 
 def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                batch_size: int = 8) -> list[list[str]]:  # fmt: skip
-    """n sampled responses per prompt with HF `generate` (greedy when `temperature` is 0)."""
+                batch_size: int = 8, on_batch=None) -> list[list[str]]:  # fmt: skip
+    """n sampled responses per prompt with HF `generate` (greedy when `temperature` is 0). `on_batch(start, batch)`,
+    if given, is called after each batch of prompts with the index of its first prompt and its responses."""
     import torch
 
     tokenizer.padding_side = "left"  # generation continues the prompts' right end
@@ -159,6 +161,8 @@ def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float
             output = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=n, **sampling)
         texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         responses += [texts[i : i + n] for i in range(0, len(texts), n)]
+        if on_batch is not None:
+            on_batch(start, responses[start:])
     return responses
 
 
@@ -225,7 +229,11 @@ class EvaluateArguments:
         },  # fmt: skip
     )
     output_file: str | None = field(
-        default=None, metadata={"help": "Write each problem's responses, answers and correctness here (JSONL)."}
+        default=None,
+        metadata={
+            "help": "Write each problem's responses, answers and correctness here (JSONL), batch by batch: after a "
+            "crash or Ctrl-C it holds every finished problem, ready for `--responses_file`."
+        },
     )
 
 
@@ -305,42 +313,84 @@ def validate_arguments(args: "EvaluateArguments") -> None:
 
 
 def evaluate(args: EvaluateArguments) -> dict:
-    """Generate (or read) the responses, score them, optionally write them out; returns the scores."""
+    """Generate (or read) the responses, score them, optionally write them out; returns the scores.
+
+    Generated responses are written to `--output_file` batch by batch, as each problem's row is finished: a crash or
+    Ctrl-C keeps them, and the exception carries a note saying where they are and how many (without `--output_file`,
+    the finished rows are written to a temporary file named in the note)."""
     validate_arguments(args)
     if args.responses_file is not None:
         rows = _read_responses_file(args.responses_file)
         problems = [row.get("problem", "") for row in rows]
         references, responses = [row["answer"] for row in rows], [row["responses"] for row in rows]
-    else:
-        from transformers import set_seed
+        scores = score_responses(responses, references, args.answer_from)
+        if args.output_file is not None:  # written after reading: it may be the `--responses_file` itself
+            ResultRows(args.output_file, args.answer_from).add(problems, references, responses)
+        return {key: value for key, value in scores.items() if key != "correct"}
 
-        set_seed(args.seed)
-        problems, references = _load_problems(args)  # before the model: a wrong column fails in seconds
-        model, tokenizer = load_model(args.model_name_or_path, args.dtype)
-        prompts = chat_prompts(tokenizer, problems, args.system_prompt)
-        sampling = (args.n, args.temperature, args.top_p, args.max_new_tokens)
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    problems, references = _load_problems(args)  # before the model: a wrong column fails in seconds
+    rows = ResultRows(args.output_file, args.answer_from)  # created now: an unwritable path fails before generating
+    model, tokenizer = load_model(args.model_name_or_path, args.dtype)
+    prompts = chat_prompts(tokenizer, problems, args.system_prompt)
+    sampling = (args.n, args.temperature, args.top_p, args.max_new_tokens)
+    try:
         if args.use_vllm:
             del model  # vLLM loads its own copy
-            responses = generate_vllm(args.model_name_or_path, prompts, *sampling)
+            responses = generate_vllm(args.model_name_or_path, prompts, *sampling)  # one engine call for all
+            rows.add(problems, references, responses)
         else:
-            responses = generate_hf(model, tokenizer, prompts, *sampling, batch_size=args.batch_size)
 
+            def save(start: int, batch: list[list[str]]) -> None:
+                end = start + len(batch)
+                rows.add(problems[start:end], references[start:end], batch)
+
+            responses = generate_hf(model, tokenizer, prompts, *sampling, batch_size=args.batch_size, on_batch=save)
+    except BaseException as error:  # KeyboardInterrupt too: say what was kept, then let it propagate
+        error.add_note(rows.kept(len(problems)))
+        raise
     scores = score_responses(responses, references, args.answer_from)
-    if args.output_file is not None:
-        with open(args.output_file, "w") as f:
-            for problem, reference, rs, correct in zip(
-                problems, references, responses, scores["correct"], strict=True
-            ):
-                answers = [extract_answer(r, args.answer_from) for r in rs]
-                row = {
-                    "problem": problem,
-                    "answer": reference,
-                    "responses": rs,
-                    "extracted": answers,
-                    "correct": correct,
-                }
-                f.write(json.dumps(row) + "\n")
     return {key: value for key, value in scores.items() if key != "correct"}
+
+
+class ResultRows:
+    """The `--output_file` rows (problem, reference, responses, extracted answers, correctness), appended as each
+    batch of problems is finished; without a file they are kept in memory, to be saved if the run fails."""
+
+    def __init__(self, path: str | None, answer_from: str):
+        self.path, self.answer_from, self.rows = path, answer_from, []
+        if path is not None:
+            open(path, "w").close()
+
+    def add(self, problems: list[str], references: list[str], responses: list[list[str]]) -> None:
+        new = []
+        for problem, reference, rs in zip(problems, references, responses, strict=True):
+            answers = [extract_answer(r, self.answer_from) for r in rs]
+            correct = [answers_match(answer, reference) for answer in answers]
+            new.append({"problem": problem, "answer": reference, "responses": rs, "extracted": answers,
+                        "correct": correct})  # fmt: skip
+        self.rows += new
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.writelines(json.dumps(row) + "\n" for row in new)
+
+    def kept(self, total: int) -> str:
+        """Where the finished rows are, for the note of an exception; writes them to a temporary file if needed."""
+        if not self.rows:
+            return "No problem was finished."
+        path = self.path
+        if path is None:
+            import tempfile
+
+            handle, path = tempfile.mkstemp(prefix="evaluate_boxed-partial-", suffix=".jsonl")
+            with os.fdopen(handle, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in self.rows)
+        return (
+            f"The responses to {len(self.rows)} of {total} problems are in {path}: score them with "
+            f"`--responses_file {path}`."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,8 +401,26 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = TrlParser((EvaluateArguments,)).parse_args_and_config(args=argv)
     try:
         scores = evaluate(args)
-    except ValueError as error:  # a bad option: one line, no traceback
-        print(f"evaluate_boxed: error: {error}", file=sys.stderr)
+    except ValueError as error:
+        if getattr(error, "__notes__", None):  # raised while generating: a crash, not a bad option
+            return _stopped(f"failed ({type(error).__name__})", error, 1)
+        print(f"evaluate_boxed: error: {error}", file=sys.stderr)  # a bad option: one line, no traceback
         return 2
+    except KeyboardInterrupt as interrupt:
+        return _stopped("interrupted", interrupt, 130)
+    except Exception as error:
+        return _stopped(f"failed ({type(error).__name__})", error, 1)
     print(json.dumps(scores))
     return 0
+
+
+def _stopped(what: str, error: BaseException, code: int) -> int:
+    """A crash or Ctrl-C while generating: the traceback of a crash, then one line saying what was kept."""
+    import sys
+    import traceback
+
+    if not isinstance(error, KeyboardInterrupt):
+        traceback.print_exception(error)
+    notes = getattr(error, "__notes__", [])
+    print(f"evaluate_boxed: {what}. {notes[-1] if notes else ''}".rstrip(), file=sys.stderr)
+    return code

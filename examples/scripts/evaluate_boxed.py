@@ -17,6 +17,9 @@ python examples/scripts/evaluate_boxed.py --model_name_or_path merged-model --us
 # re-score saved responses (one JSON object per line: {"answer": "...", "responses": ["...", ...]})
 python examples/scripts/evaluate_boxed.py --responses_file math500_samples.jsonl --answer_from first
 ```
+
+`--output_file` is written batch by batch: after a crash or Ctrl-C it holds every finished problem (the last line
+printed says how many), and `--responses_file` scores them.
 """
 
 import sys
