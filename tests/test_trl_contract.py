@@ -4,10 +4,12 @@ If one of these fails after a TRL upgrade, the shim (not the trainer) is what ne
 """
 
 import inspect
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
 from trl import DistillationConfig, DistillationTrainer
 from trl.generation.vllm_generation import VLLMGeneration
 
@@ -146,3 +148,112 @@ def test_logit_scale_is_the_one_trl_applies(trl_trainer, attribute, value, expec
     with _trl_compat.replace_divergence_loss(spy):
         trl_trainer.compute_loss(trl_trainer.model, batch_with_loss_mask())
     assert received["scale"] == expected == _trl_compat.logit_scale(config.get_text_config())
+
+
+def statements(source: str) -> list[str]:
+    """The code lines of `source`, comments and indentation stripped."""
+    lines = (line.split("#")[0].strip() for line in source.splitlines())
+    return [line for line in lines if line]
+
+
+def block_of(source: str, first: str, end: str) -> list[str]:
+    """The statements of `source` from the line starting with `first` up to (without) the one starting with `end`."""
+    lines = statements(source)
+    start = next(i for i, line in enumerate(lines) if line.startswith(first))
+    stop = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(end))
+    return lines[start:stop]
+
+
+def test_load_teacher_repeats_trls_teacher_loading(trl_trainer, model_paths, make_args):
+    """TRL's own teacher loading, statement for statement: if it changes, `load_teacher` must follow."""
+    init = inspect.getsource(DistillationTrainer.__init__)
+    assert block_of(init, "if isinstance(teacher_model, str):", "elif args.teacher_model_init_kwargs") == [
+        "if isinstance(teacher_model, str):",
+        'dtype = teacher_model_init_kwargs.get("dtype")',
+        'teacher_model_init_kwargs["dtype"] = dtype if dtype in ["auto", None] else getattr(torch, dtype)',
+        "if args.teacher_model_revision is not None:",
+        'teacher_model_init_kwargs.setdefault("revision", args.teacher_model_revision)',
+        'if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:',
+        'teacher_model_init_kwargs["device_map"] = None',
+        'teacher_model_init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)',
+        "teacher_model = create_model_from_path(teacher_model, **teacher_model_init_kwargs)",
+    ]
+    assert "teacher_model_init_kwargs = dict(args.teacher_model_init_kwargs or {})" in statements(init)
+    # and the result: the model TRL loads, with the dtype from `teacher_model_init_kwargs`
+    args = make_args(config_class=DistillationConfig, teacher_model_init_kwargs={"dtype": "bfloat16"})
+    ours = _trl_compat.load_teacher(args, model_paths["teacher"])
+    theirs = trl_trainer.accelerator.unwrap_model(trl_trainer.teacher_model)
+    assert type(ours) is type(theirs) and ours.dtype == torch.bfloat16
+    assert all(torch.equal(p.float(), theirs.get_parameter(n).bfloat16().float()) for n, p in ours.named_parameters())
+    assert _trl_compat.load_teacher(args, theirs) is theirs  # an instance is TRL's business
+
+
+def test_prepare_teacher_repeats_trls_teacher_placement(trl_trainer, model_paths):
+    init = statements(inspect.getsource(DistillationTrainer.__init__))
+    deepspeed = init.index("self.teacher_model = prepare_deepspeed(teacher_model, self.accelerator)")
+    assert init[deepspeed - 1] == "if self.is_deepspeed_enabled:"
+    assert init[deepspeed + 1 : deepspeed + 3] == [
+        "else:",
+        "self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)",
+    ]
+    teacher = AutoModelForCausalLM.from_pretrained(model_paths["teacher"])
+    prepared = _trl_compat.prepare_teacher(trl_trainer, teacher)
+    assert type(prepared) is type(trl_trainer.teacher_model)
+    assert prepared.device == trl_trainer.teacher_model.device == trl_trainer.accelerator.device
+
+
+def test_suppressed_ids_reach_hf_generate_and_vllm(trl_trainer, train_dataset):
+    single_turn = inspect.getsource(DistillationTrainer._generate_single_turn)
+    assert "generation_kwargs=self.generation_kwargs" in single_turn  # overrides the model's generation config
+    assert "generation_config=self.generation_config" in single_turn
+    vllm = inspect.getsource(VLLMGeneration)
+    assert "generation_kwargs.update(self.generation_kwargs)" in vllm  # colocate: merged into SamplingParams
+    assert "SamplingParams(**generation_kwargs)" in vllm
+    assert '"generation_kwargs": self.generation_kwargs' in vllm  # server: sent with every request
+    # and in a real rollout: no id at or above the limit is sampled
+    limit = 12
+    _trl_compat.suppress_ids_above(trl_trainer, limit)
+    assert trl_trainer.generation_config.suppress_tokens[-1] == len(trl_trainer.processing_class) - 1
+    trl_trainer.model.train()
+    batch = trl_trainer._generate_and_score_completions([train_dataset[i] for i in range(4)])
+    generated = batch["completion_ids"][batch["completion_mask"].bool()]
+    assert generated.numel() > 0 and int(generated.max()) < limit
+    trl_trainer.use_vllm = True  # a stand-in engine with the user's own restriction: the two are intersected
+    trl_trainer.vllm_generation = SimpleNamespace(generation_kwargs={"allowed_token_ids": [3, 11, 20]})
+    _trl_compat.suppress_ids_above(trl_trainer, limit)
+    assert trl_trainer.vllm_generation.generation_kwargs == {"allowed_token_ids": [3, 11]}
+
+
+def test_tokenizer_of_is_trls_text_tokenizer(trl_trainer, tokenizer):
+    assert _trl_compat.tokenizer_of(trl_trainer) is tokenizer is trl_trainer.processing_class
+    assert _trl_compat.tokenizer_of(trl_trainer).pad_token is not None
+    init = statements(inspect.getsource(DistillationTrainer.__init__))
+    assert "self._tokenizer = processing_class.tokenizer" in init  # a processor's text tokenizer
+    assert "self._tokenizer = processing_class" in init
+    assert "self._tokenizer.pad_token = self._tokenizer.eos_token" in init
+
+
+def test_generation_config_is_what_hf_generate_samples_with(trl_trainer, tokenizer):
+    config = _trl_compat.generation_config(trl_trainer)
+    assert isinstance(config, GenerationConfig) and config is trl_trainer.generation_config
+    assert config.eos_token_id == _trl_compat.stop_token_ids(trl_trainer)
+    assert config.pad_token_id == tokenizer.pad_token_id
+    args = trl_trainer.args
+    assert (config.temperature, config.top_p, config.max_new_tokens) == (
+        args.temperature, args.top_p, args.max_completion_length,
+    )  # fmt: skip
+    assert config.suppress_tokens == args.generation_kwargs["suppress_tokens"]  # `generation_kwargs` applied
+
+
+def test_model_id_is_the_name_trl_loads_the_processor_by(trl_trainer, model_paths):
+    init = statements(inspect.getsource(DistillationTrainer.__init__))
+    assert "model_name_or_path = get_config_model_id(model.config)" in init
+    assert re.search(r"AutoProcessor\.from_pretrained\(\s*model_name_or_path", inspect.getsource(DistillationTrainer))
+    student = trl_trainer.accelerator.unwrap_model(trl_trainer.model)
+    assert _trl_compat.model_id(student) == model_paths["student"]
+
+
+def test_pad_left_pads_like_trls_prompts():
+    rows = [torch.tensor([1, 2, 3]), torch.tensor([4])]
+    assert _trl_compat.pad(rows, padding_value=0, padding_side="left").tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert _trl_compat.pad(rows, padding_value=9).tolist() == [[1, 2, 3], [4, 9, 9]]

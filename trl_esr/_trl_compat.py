@@ -14,10 +14,14 @@ What we rely on:
 - `DistillationTrainer._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, **mm)` runs
   a backbone and returns the hidden states of the last `logits_to_keep` positions; `_compute_loss` calls it for the
   student, then (through `_forward_redirection`) for the unwrapped teacher, with the same `input_ids`.
+- `trainer.generation_config` is the `GenerationConfig` HF `generate` samples with (the config's sampling settings,
+  `generation_kwargs`, TRL's EOS list and pad id).
 - Rollout length is read from `trainer.generation_config.max_new_tokens` (HF generate; `trainer.generation_kwargs`
   overrides the model's own generation config), from `trainer.vllm_generation.max_completion_length` (vLLM, read on
   every call), and from `trainer.max_completion_length` (the tool-calling loop's budget). Sampled ids are restricted
   through `trainer.generation_config.suppress_tokens` (HF) and `trainer.vllm_generation.generation_kwargs` (vLLM).
+- `trl.trainer.utils.get_config_model_id(config)` is the name TRL gives a model instance (its config's
+  `_name_or_path`), and `trl.trainer.utils.pad` left- or right-pads a list of tensors.
 - `trainer._tokenizer` is the text tokenizer (the processing class itself, or a processor's tokenizer), with the pad
   token TRL defaults to EOS.
 - For a teacher TRL would refuse (another head size), `load_teacher` / `prepare_teacher` repeat what
@@ -27,6 +31,17 @@ What we rely on:
 - With `use_vllm=True, vllm_mode="colocate"`, `DistillationTrainer.__init__` builds the vLLM engine
   (`VLLMGeneration._init_vllm`); `trainer.vllm_generation.generation_kwargs` is merged into every request's sampling
   parameters (`SamplingParams` in colocate mode, the request body in server mode).
+
+Upstream proposal (it would remove the one module-global swap, `replace_divergence_loss`): `_compute_loss` looks up
+`_chunked_divergence_loss` as a module global, so the only way to change the divergence is to swap that global for the
+duration of each call. If `DistillationTrainer` called it through an overridable method with the same signature,
+
+    def _divergence_loss(self, student_hidden_states, teacher_hidden_states, ..., temperature):
+        return _chunked_divergence_loss(student_hidden_states, teacher_hidden_states, ..., temperature=temperature)
+
+(as GRPO exposes `_compute_loss` and SFT `compute_loss`), `ESRDistillTrainer` would override that method instead, with
+no global state and no context manager, and a subclass of ours could override it again. The same seam would let a
+cross-tokenizer subclass restrict the heads to shared rows without touching TRL's loop.
 """
 
 import contextlib
@@ -35,7 +50,8 @@ from collections.abc import Callable, Iterator
 import torch
 from trl.models import prepare_deepspeed
 from trl.trainer import distillation_trainer as _distillation_module
-from trl.trainer.utils import create_model_from_path
+from trl.trainer.utils import create_model_from_path, get_config_model_id
+from trl.trainer.utils import pad as _pad
 
 from ._vllm_compat import cpu_engine_keeps_weights
 
@@ -94,6 +110,23 @@ def building_vllm_engine(args) -> contextlib.AbstractContextManager:
     """Wrap `DistillationTrainer.__init__`, which builds the colocated vLLM engine, with what that engine needs here
     (on a CPU-only machine: linear layers that keep their weights, so TRL's weight sync reaches them)."""
     return cpu_engine_keeps_weights(args.use_vllm and args.vllm_mode == "colocate")
+
+
+def generation_config(trainer):
+    """The `GenerationConfig` TRL's HF `generate` samples rollouts with: the config's temperature, top-p/k, min-p,
+    repetition penalty and `generation_kwargs`, every stop id (`stop_token_ids`) and the pad id."""
+    return trainer.generation_config
+
+
+def model_id(model) -> str:
+    """The name TRL gives a model instance (the path or Hub id it was loaded from; "" for one built in Python)."""
+    return get_config_model_id(model.config)
+
+
+def pad(tensors: list[torch.Tensor], padding_value: int = 0, padding_side: str = "right") -> torch.Tensor:
+    """TRL's padding of a list of tensors to the longest along the first dimension (`padding_side`: "left" or
+    "right"), as its trainers pad prompts."""
+    return _pad(tensors, padding_value=padding_value, padding_side=padding_side)
 
 
 def metrics(trainer, mode: str) -> dict[str, list[float]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 
+from ._trl_compat import model_id
 from .cross_tokenizer import Aligner, SharedVocabulary, shares_student_ids, token_bytes
 
 
@@ -36,7 +37,7 @@ class TokenizerPairing:
 
     @classmethod
     def detect(cls, args, model, teacher_model, processing_class, teacher_processing_class) -> "TokenizerPairing":
-        model_name = model if isinstance(model, str) else model.config._name_or_path
+        model_name = model if isinstance(model, str) else model_id(model)
         if processing_class is None:  # as TRL would load it, so that both sides can be compared now
             processing_class = AutoProcessor.from_pretrained(
                 model_name, truncation_side="left", padding_side="left", trust_remote_code=args.trust_remote_code
@@ -46,7 +47,7 @@ class TokenizerPairing:
         student_tokenizer = (
             processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
         )
-        teacher_name = teacher_model if isinstance(teacher_model, str) else teacher_model.config._name_or_path
+        teacher_name = teacher_model if isinstance(teacher_model, str) else model_id(teacher_model)
         teacher_tokenizer = teacher_processing_class or _load_tokenizer(
             args.teacher_tokenizer_name_or_path or (teacher_name if teacher_name != model_name else None),
             args.trust_remote_code,

@@ -9,7 +9,8 @@ rendering of the prompt; the response tokens, and so the positions the KL compar
 
 import torch
 from transformers import PreTrainedTokenizerBase
-from trl.trainer.utils import pad
+
+from ._trl_compat import pad
 
 
 TEACHER_TEMPLATE = "teacher"  # `ESRConfig.teacher_chat_template` value: use the teacher tokenizer's own template

@@ -5,9 +5,7 @@ import os
 import textwrap
 
 import torch
-from datasets import Dataset
 from trl import DistillationTrainer
-from trl.trainer.utils import get_config_model_id
 
 from . import validation
 from ._trl_compat import (
@@ -16,6 +14,7 @@ from ._trl_compat import (
     cap_rollout_length,
     load_teacher,
     metrics,
+    model_id,
     prepare_teacher,
     replace_divergence_loss,
     stop_token_ids,
@@ -109,7 +108,7 @@ class ESRDistillTrainer(DistillationTrainer):
         teacher_processing_class=None,
     ):
         if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            model_name = model if isinstance(model, str) else model_id(model)
             args = ESRConfig(f"{model_name.split('/')[-1]}-ESR")
         elif not isinstance(args, ESRConfig):
             raise TypeError(
@@ -156,28 +155,29 @@ class ESRDistillTrainer(DistillationTrainer):
 
     def _add_diagnostics(self, args) -> None:
         """The `esr/kl_within_k` / `esr/kl_beyond_k` callback, where its full-vocabulary scoring applies."""
-        sharded = self.is_fsdp_enabled or (
-            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        )
-        reasons = {
-            "the tokenizers or head sizes differ": self._pairing.mode != "same",
-            "the student is sharded": sharded,
-            "the training set is a stream": not isinstance(self.train_dataset, Dataset),
-        }
-        if any(reasons.values()):
-            reason = next(reason for reason, applies in reasons.items() if applies)
+        from .diagnostics import callback  # an optional layer: imported only when it is used
+
+        reason = "the tokenizers or head sizes differ" if self._pairing.mode != "same" else None
+        reason = reason or callback.unavailable_reason(self)
+        if reason is not None:
             if args.esr_horizon_guard is not None:
                 raise ValueError(f"`esr_horizon_guard` watches the ESR diagnostics, which cannot run here: {reason}. "
                                  "Set `esr_horizon_guard=None`.")  # fmt: skip
             logger.warning(f"ESR diagnostics (`esr_diagnostics_steps`) are off for this run: {reason}.")
             return
-        from .diagnostics.callback import ESRDiagnosticsCallback  # an optional layer: imported only when used
-
-        diagnostics = ESRDiagnosticsCallback(self, args.esr_diagnostics_steps, args.esr_diagnostics_num_rollouts)
+        diagnostics = callback.ESRDiagnosticsCallback(
+            self, args.esr_diagnostics_steps, args.esr_diagnostics_num_rollouts
+        )
         self.add_callback(diagnostics)
         if args.esr_horizon_guard is not None:  # after the diagnostics: it reads their measurement at the same step
             self._horizon_guard = ESRHorizonGuard(self, diagnostics)
             self.add_callback(self._horizon_guard)
+
+    @property
+    def teacher_prompt_renderer(self) -> TeacherPromptRenderer | None:
+        """How the teacher's forward pass renders each prompt (`ESRConfig.teacher_chat_template`, or its own template
+        for a teacher with another tokenizer); `None` when it reads the student's rendering."""
+        return self._teacher_renderer
 
     def _k_at_step(self, global_step: int) -> int | None:
         """The horizon of rollouts generated at `global_step`: the k schedule's, grown by the horizon guard if any."""

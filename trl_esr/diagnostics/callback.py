@@ -8,20 +8,35 @@ the start of responses only; if both fall, what it learned early carries over to
 
 import copy
 import random
+from dataclasses import fields
 from typing import NamedTuple
 
 import torch
 from transformers import TrainerCallback
 
-from .._trl_compat import metrics
+from .._trl_compat import generation_config, metrics
+from ..config import ESRConfig
 from .per_position import PositionStats, sample_completions, score_completions, seeded_sampling
 from .prompts import prompt_from_row, tokenize_prompts
 
 
-# One measurement costs about one full-rollout generation, ~15 ESR steps measured on CPU, ~24 estimated from the
-# paper's GPU timings: every 200 steps keeps the overhead near 7-11 % (docs/choosing-k.md, "Training-time metrics").
-DEFAULT_EVERY_N_STEPS = 200
-DEFAULT_NUM_ROLLOUTS = 8
+# The config's defaults (`esr_diagnostics_steps`, `esr_diagnostics_num_rollouts`; see their help for the cost).
+_CONFIG_DEFAULTS = {field.name: field.default for field in fields(ESRConfig)}
+DEFAULT_EVERY_N_STEPS = _CONFIG_DEFAULTS["esr_diagnostics_steps"]
+DEFAULT_NUM_ROLLOUTS = _CONFIG_DEFAULTS["esr_diagnostics_num_rollouts"]
+
+
+def unavailable_reason(trainer) -> str | None:
+    """Why the callback cannot measure on `trainer`, or `None` if it can. `ESRDistillTrainer` leaves the callback off
+    (with a warning) for these; built by hand, the callback refuses them."""
+    if trainer.is_fsdp_enabled or (
+        trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    ):
+        return "the student is sharded (FSDP or DeepSpeed ZeRO-3), and each process generates with its own copy"
+    dataset = trainer.train_dataset
+    if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        return "the training set is a stream (or missing): the prompts are drawn from a map-style `train_dataset`"
+    return None
 
 
 class KLMeasurement(NamedTuple):
@@ -73,16 +88,10 @@ class ESRDiagnosticsCallback(TrainerCallback):
         ):
             if value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value}.")
-        if trainer.is_fsdp_enabled or (
-            trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
-        ):
-            raise ValueError(
-                "ESRDiagnosticsCallback generates with each process's own copy of the student, which FSDP and "
-                "DeepSpeed ZeRO-3 shard. Use it with data parallelism (or ZeRO-1/2), or leave it off."
-            )
+        reason = unavailable_reason(trainer)
+        if reason is not None:
+            raise ValueError(f"ESRDiagnosticsCallback cannot measure here: {reason}. Leave it off for this run.")
         dataset = trainer.train_dataset
-        if dataset is None or not hasattr(dataset, "__len__"):
-            raise ValueError("ESRDiagnosticsCallback draws its prompts from a map-style `train_dataset`; got none.")
         self.trainer = trainer
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
@@ -92,8 +101,8 @@ class ESRDiagnosticsCallback(TrainerCallback):
         self.prompt_ids = tokenize_prompts(trainer.processing_class, prompts)
         self.latest: KLMeasurement | None = None  # read by `ESRHorizonGuard`
         self.teacher_prompt_ids = None  # the teacher's own rendering, when the trainer gives it one
-        if trainer._teacher_renderer is not None:
-            ids, mask = trainer._teacher_renderer(prompts, torch.device("cpu"))
+        if trainer.teacher_prompt_renderer is not None:
+            ids, mask = trainer.teacher_prompt_renderer(prompts, torch.device("cpu"))
             self.teacher_prompt_ids = [row[keep.bool()].tolist() for row, keep in zip(ids, mask, strict=True)]
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -115,16 +124,16 @@ class ESRDiagnosticsCallback(TrainerCallback):
         trainer = self.trainer
         student = trainer.accelerator.unwrap_model(trainer.model)  # a PeftModel stays a PeftModel
         teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
-        generation_config = copy.deepcopy(trainer.generation_config)  # the trainer's sampling settings, full length
-        generation_config.max_new_tokens = trainer.args.max_completion_length
-        eos_ids = generation_config.eos_token_id
+        sampling = copy.deepcopy(generation_config(trainer))  # the trainer's sampling settings, full length
+        sampling.max_new_tokens = trainer.args.max_completion_length
+        eos_ids = sampling.eos_token_id
         eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
-        pad_token_id = generation_config.pad_token_id
+        pad_token_id = sampling.pad_token_id
         was_training = student.training
         try:
             with seeded_sampling(self.seed, student.device):
                 completions = sample_completions(
-                    student, self.prompt_ids, generation_config, pad_token_id, eos_ids, self.batch_size, False
+                    student, self.prompt_ids, sampling, pad_token_id, eos_ids, self.batch_size, False
                 )
             return score_completions(
                 student, teacher, self.prompt_ids, completions, pad_token_id, self.batch_size, False,
