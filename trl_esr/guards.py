@@ -39,7 +39,14 @@ class NonFiniteUpdateGuard(TrainerCallback):
     weights so large that the student's logits overflow (a learning rate of 1e15), and `torch.multinomial` then raises
     inside generation. HF generation therefore replaces non-finite logits (`remove_invalid_values`, a no-op on finite
     ones); the step's loss is then non-finite and the step is skipped like any other. After each update the weights are
-    checked too: non-finite weights stop the run at once, without checkpointing them.
+    checked too: non-finite weights stop the run at once, without checkpointing them (so they never reach a vLLM
+    engine either).
+
+    With colocated vLLM, the engine's copy of the weights is checked after each of TRL's weight syncs. A copy that is
+    not finite there while the student's weights are (a value beyond the engine dtype's range) does not crash vLLM's
+    sampling: it silently samples one token (id 0) everywhere, and the student's loss on those rollouts stays finite.
+    Such a step's update is skipped and the run stops at once, naming the last checkpoint written before the update
+    that produced those weights. (In server mode the engine is out of reach: its copy is not checked.)
     """
 
     def __init__(self, trainer, max_consecutive: int):
@@ -48,12 +55,39 @@ class NonFiniteUpdateGuard(TrainerCallback):
         self.saved_steps = []  # steps of this run's checkpoints
         self.saved_before_streak = None  # the newest written before the update that preceded the current streak
         self.nonfinite_weights = False
-        trainer.generation_config.remove_invalid_values = True  # HF generate (vLLM sampling: not covered)
+        self.nonfinite_engine_step = None  # the step whose rollouts came from a non-finite vLLM engine
+        trainer.generation_config.remove_invalid_values = True  # HF generate
+        self._watch_vllm_sync(getattr(trainer, "vllm_generation", None))
+
+    def _watch_vllm_sync(self, generation) -> None:
+        """After each of TRL's weight syncs into a colocated vLLM engine, check the engine's copy."""
+        if generation is None or getattr(generation, "mode", None) != "colocate":
+            return
+        sync = generation.sync_weights
+
+        def sync_and_check():
+            sync()
+            engine_model = generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
+            if not _all_finite([p.detach() for p in engine_model.parameters()]):
+                self.nonfinite_engine_step = self.trainer.state.global_step + 1
+
+        generation.sync_weights = sync_and_check
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.saved_steps = [state.global_step] if state.global_step > 0 else []  # resumed from a checkpoint
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        local_engine = self.nonfinite_engine_step is not None
+        if _any_process(self.trainer, local_engine):  # the rollouts of this step are not the student's: never train
+            for param in model.parameters():
+                param.grad = None
+            self.nonfinite_engine_step, self.skipped = state.global_step + 1, self.skipped + 1
+            earlier = [step for step in self.saved_steps if step < state.global_step]  # before the synced weights
+            self.saved_before_streak = earlier[-1] if earlier else None
+            control.should_training_stop = True
+            logger.warning(f"Step {state.global_step + 1}: the vLLM engine's weights are not finite, the update was "
+                           "skipped and training stops.")  # fmt: skip
+            return
         local_nonfinite = not _all_finite([p.grad for p in model.parameters() if p.grad is not None])
         if not _any_process(self.trainer, local_nonfinite):
             self.consecutive = 0
@@ -77,7 +111,7 @@ class NonFiniteUpdateGuard(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         metrics(self.trainer, "train")["esr/nonfinite_steps"] = [float(self.skipped)]
-        if self.nonfinite_weights:  # never checkpoint them
+        if self.nonfinite_weights or self.nonfinite_engine_step is not None:  # never checkpoint them
             control.should_save, control.should_training_stop = False, True
         elif self.max_consecutive and self.consecutive >= self.max_consecutive:
             control.should_save = control.should_training_stop = True
@@ -86,6 +120,14 @@ class NonFiniteUpdateGuard(TrainerCallback):
         self.saved_steps.append(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.nonfinite_engine_step is not None:
+            raise RuntimeError(
+                f"Training stopped at step {self.nonfinite_engine_step}: the student's weights, synced into the "
+                "colocated vLLM engine, are not finite there (a value beyond the range of vLLM's `dtype`, from a "
+                "learning rate far too high or an fp16 engine), so its rollouts were not the student's. That step's "
+                "update was skipped and the weights were not saved. "
+                f"{self._resume_hint(args, self.saved_before_streak)}"
+            )
         if self.nonfinite_weights:
             raise RuntimeError(
                 f"Training stopped at step {state.global_step}: the update left non-finite weights (learning rate "
