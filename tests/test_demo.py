@@ -12,8 +12,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the demo must never need the network
 import pytest  # noqa: E402
 
 from trl_esr.demo import main  # noqa: E402
-from trl_esr.demo.report import FIGURES  # noqa: E402
-from trl_esr.demo.task import answer_of, derivation, is_correct, make_splits, response_length  # noqa: E402
+from trl_esr.demo.distill import RunResult  # noqa: E402
+from trl_esr.demo.pretrain import encode_examples, sft_responses  # noqa: E402
+from trl_esr.demo.report import FIGURES, compare  # noqa: E402
+from trl_esr.demo.task import (  # noqa: E402
+    answer_of,
+    build_tokenizer,
+    derivation,
+    is_correct,
+    make_splits,
+    response_length,
+    shortcut,
+)
 
 
 def _run_demo(*argv: str) -> str:
@@ -40,9 +50,16 @@ def second_run(first_run, tmp_path_factory):
     return output_dir, stdout, mtimes
 
 
-def _esr_and_full(metrics: dict) -> tuple[dict, dict]:
-    runs = metrics["runs"].values()
-    return next(r for r in runs if r["k"] is not None), next(r for r in runs if r["k"] is None)
+def _runs(metrics: dict, regime: str) -> dict[str, dict]:
+    runs = metrics["regimes"][regime]["runs"]
+    return {
+        "full": next(r for r in runs if r["k"] is None),
+        "esr": next(r for r in runs if r["k"] is not None and r["guard"] is None),
+        "guard": next(r for r in runs if r["guard"] == "stop"),
+    }
+
+
+REGIMES = ("errors beyond k", "early decision")
 
 
 def test_outputs_are_written(first_run):
@@ -50,36 +67,110 @@ def test_outputs_are_written(first_run):
     for name in FIGURES.values():
         assert (output_dir / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
     report = (output_dir / "report.md").read_text()
-    assert "| method |" in report and all(name in report for name in FIGURES.values())
-    assert "| method |" in stdout  # the table is printed too
-    assert "Training the teacher" in stdout and "Distilling with ESR" in stdout
+    assert report.count("| method |") == 2 and all(name in report for name in FIGURES.values())
+    assert "## Errors beyond k" in report and "## Early decision" in report and "**Reading.**" in report
+    assert "| method |" in stdout  # the tables are printed too
+    assert "Training the teacher" in stdout and "ESR k=8 + guard" in stdout
+    assert "Diagnostics before training" in stdout and "recommended k" in stdout  # printed before distilling
+    assert stdout.index("Diagnostics before training") < stdout.index("full rollout: 4 steps")
 
 
-def test_metrics_hold_both_methods(first_run):
+def test_quick_run_says_its_numbers_mean_nothing(first_run):
+    output_dir, stdout, metrics = first_run
+    assert "plumbing only" in (output_dir / "report.md").read_text() and "plumbing only" in stdout
+    assert "plumbing only" in metrics["notice"]
+
+
+def test_metrics_hold_three_methods_per_regime_from_one_student(first_run):
     metrics = first_run[2]
-    esr, full = _esr_and_full(metrics)
-    assert 0 <= metrics["teacher_accuracy"] <= 1 and 0 <= metrics["student_accuracy"] <= 1
-    for run in (esr, full):
-        assert all(0 <= point["accuracy"] <= 1 for point in run["curve"])
-        assert run["curve"][0]["accuracy"] == metrics["student_accuracy"]  # same starting student
-    assert [p["step"] for p in esr["curve"]] == [p["step"] for p in full["curve"]]
-    assert len(metrics["kl_per_position"]) == 3
+    assert set(metrics["regimes"]) == set(REGIMES)
+    for regime in REGIMES:
+        data, runs = metrics["regimes"][regime], _runs(metrics, regime)
+        for run in runs.values():
+            assert all(0 <= point["accuracy"] <= 1 for point in run["curve"])
+            assert run["curve"][0]["accuracy"] == data["student_accuracy"]  # the same starting student
+        assert [p["step"] for p in runs["esr"]["curve"]] == [p["step"] for p in runs["full"]["curve"]]
+        assert len(data["kl_per_position"]) == 3  # before, after full, after ESR
+        prediction = data["prediction"]
+        assert 0 <= prediction["kl_share_within_k"] <= 1 and prediction["decay_k_grid"] == [0, 8, 16]
 
 
 def test_esr_rollouts_stop_at_k(first_run):
-    esr, full = _esr_and_full(first_run[2])
-    assert esr["max_rollout_length"] <= esr["k"] < full["max_rollout_length"]
-    assert 0 < esr["tokens_generated"] <= esr["k"] * esr["rollouts"]
-    assert esr["tokens_generated"] < full["tokens_generated"]
-    assert esr["tokens_trained"] <= esr["tokens_generated"]
+    for regime in REGIMES:
+        runs = _runs(first_run[2], regime)
+        esr, full = runs["esr"], runs["full"]
+        assert esr["max_rollout_length"] <= esr["k"]
+        assert 0 < esr["tokens_generated"] <= esr["k"] * esr["rollouts"]
+        assert esr["tokens_trained"] <= esr["tokens_generated"]
+        assert esr["tokens_measured"] == 0 and full["tokens_measured"] == 0  # only the guard measures
+
+
+def test_guard_measurements_are_counted_and_its_checkpoint_is_what_is_reported(first_run):
+    metrics = first_run[2]
+    for regime in REGIMES:
+        guard = _runs(metrics, regime)["guard"]
+        # 2 measurements (every 2 of 4 steps) of 4 rollouts each, 1 to 37 tokens (max_completion_length) each
+        assert len(guard["kl_beyond_k"]) == 2 and 2 <= guard["tokens_measured"] <= 2 * 4 * 37
+        last = guard["curve"][-1]
+        assert last["tokens"] == guard["tokens_generated"] + guard["tokens_measured"]
+        # the kept checkpoint, reloaded and re-evaluated, scores what the run measured at that step (greedy)
+        at_step = {p["step"]: p["accuracy"] for p in guard["curve"]}
+        assert guard["kept_step"] in at_step and guard["final_accuracy"] == at_step[guard["kept_step"]]
+        best_step = min(guard["kl_beyond_k"], key=lambda entry: entry[1])[0]
+        assert guard["kept_step"] == best_step  # the lowest KL beyond k is the one kept
 
 
 def test_second_run_reuses_cached_models(second_run):
     output_dir, stdout, mtimes = second_run
-    assert "Reusing the cached teacher" in stdout and "Reusing the cached student" in stdout
+    assert "Reusing the cached teacher" in stdout
+    assert "Reusing the cached student-errors-beyond-k" in stdout
+    assert "Reusing the cached student-early-decision" in stdout
     assert "Training the" not in stdout
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert (output_dir / "metrics.json").exists()
+
+
+def test_time_to_accuracy_compares_against_full_rollout_of_the_same_seed():
+    def run(k, points, kept=None):
+        result = RunResult("m", 0, k, kept_step=kept)
+        result.curve = [{"step": s, "train_seconds": t, "tokens": n, "accuracy": a} for s, t, n, a in points]
+        if kept is not None:
+            result.kept_accuracy = next(p["accuracy"] for p in result.curve if p["step"] == kept)
+        return result
+
+    full = run(None, [(0, 0.0, 0, 0.1), (5, 10.0, 1000, 0.8), (10, 20.0, 2000, 0.95)])
+    esr = run(4, [(0, 0.0, 0, 0.1), (5, 2.0, 100, 0.9), (10, 4.0, 200, 0.6)], kept=5)
+    c = compare(esr, full)  # ESR's kept 90 % at 2 s / 100 tokens; full first reaches >= 90 % at 20 s / 2000 tokens
+    assert c["full_reached"] and c["speedup"] == 10.0 and c["token_ratio"] == 20.0
+    better = run(4, [(0, 0.0, 0, 0.1), (5, 2.0, 100, 0.99)])
+    c = compare(better, full)  # full never reaches 99 %: its whole run is a lower bound
+    assert not c["full_reached"] and c["speedup"] == 10.0
+    flat = run(4, [(0, 0.0, 0, 0.1), (5, 2.0, 100, 0.1)])
+    assert not compare(flat, full)["gain"]
+
+
+def test_shortcut_is_right_exactly_when_no_column_carries():
+    assert shortcut(3471, 5892, 4) == "answer 0 8 2 6 3"  # 3+5, 4+8, 7+9, 1+2, each mod 10
+    for a, b in make_splits(4, {"check": 300}, seed=2)["check"]:
+        carries = any(
+            int(x) + int(y) >= 10 for x, y in zip(f"{a:04d}", f"{b:04d}", strict=True)
+        )  # no carry in -> no carry out
+        assert is_correct(a, b, 4, shortcut(a, b, 4)) == (not carries)
+        assert shortcut(a, b, 4).split()[0] == "answer" != derivation(a, b, 4).split()[0]  # decided at token 1
+
+
+def test_sft_examples_mix_formats_and_pad():
+    pairs = make_splits(4, {"x": 400}, seed=0)["x"]
+    responses = sft_responses(pairs, 4, 0.65, seed=1)
+    share = sum(r.startswith("answer") for r in responses) / len(responses)
+    assert 0.55 < share < 0.75 and responses == sft_responses(pairs, 4, 0.65, seed=1)
+    tokenizer = build_tokenizer()
+    input_ids, attention_mask, labels = encode_examples(tokenizer, pairs[:8], 4, responses[:8])
+    for ids, mask, label, response in zip(input_ids, attention_mask, labels, responses[:8], strict=True):
+        n = int(mask.sum())
+        assert (ids[n:] == tokenizer.pad_token_id).all() and (label[n:] == -100).all()
+        trained = label[label != -100].tolist()
+        assert tokenizer.decode(trained) == response + " " + tokenizer.eos_token  # exactly the response + EOS
 
 
 def test_derivation_is_column_addition_with_carries():

@@ -1,8 +1,8 @@
-"""One distillation run (full rollout or ESR) with `ESRDistillTrainer`, evaluated on the held-out split as it trains.
+"""One distillation run (full rollout, ESR, or ESR + horizon guard) with `ESRDistillTrainer`, evaluated as it trains.
 
-Both methods go through the same function with the same student initialisation, seed, data order and number of
-optimizer steps; only `esr_k` differs. Wall-clock time is measured from the first to the last optimizer step and
-excludes the time spent evaluating.
+Every method of a regime goes through `distill` with the same student initialisation, seed, data order and number of
+optimizer steps; only `esr_k` and the guard differ. Wall-clock time runs from the first to the last optimizer step and
+excludes the time spent evaluating, but includes the guard's own measurements (they are part of what it costs).
 """
 
 import time
@@ -10,53 +10,91 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerFast, TrainerCallback
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from trl_esr import ESRConfig, ESRDistillTrainer
+from trl_esr.diagnostics import ESRDiagnosticsCallback
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """What every run of a regime shares."""
+
+    max_completion_length: int
+    steps: int
+    batch_size: int
+    learning_rate: float
+    eval_every: int
+    guard_every: int  # `esr_diagnostics_steps` of the guarded run
+    guard_rollouts: int  # `esr_diagnostics_num_rollouts` of the guarded run
+    use_cpu: bool
 
 
 @dataclass
 class RunResult:
-    """What one distillation run measured. Token counts are summed from the trainer's own `esr/*` logs."""
+    """What one run measured. Token counts are summed from the trainer's own `esr/*` logs, plus (`tokens_measured`)
+    the full-length rollouts the guard's measurements generated; `curve` points count both."""
 
     method: str
+    seed: int
     k: int | None
-    curve: list[dict] = field(default_factory=list)  # {"step", "train_seconds", "accuracy"}
+    guard: str | None = None
+    curve: list[dict] = field(default_factory=list)  # {"step", "train_seconds", "tokens", "accuracy"}
     tokens_generated: int = 0
     tokens_trained: int = 0
+    tokens_measured: int = 0
     max_rollout_length: int = 0
     rollouts: int = 0
+    kl_beyond_k: list[list[float]] = field(default_factory=list)  # [step, value] of each guard measurement
+    stopped_at: int | None = None  # the step the guard stopped training at
+    kept_step: int | None = None  # the step of the model the run hands over (the guard's best checkpoint)
+    kept_accuracy: float | None = None
 
     @property
     def final_accuracy(self) -> float:
-        return self.curve[-1]["accuracy"]
+        """The accuracy of the model the run hands over: the guard's best checkpoint, else the last step's."""
+        return self.curve[-1]["accuracy"] if self.kept_accuracy is None else self.kept_accuracy
 
     @property
     def wall_seconds(self) -> float:
         return self.curve[-1]["train_seconds"]
 
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens_generated + self.tokens_measured
+
 
 class _AccuracyCurve(TrainerCallback):
-    """Evaluate at the start and every `every` optimizer steps, keeping a training-only stopwatch."""
+    """Evaluate at the start, every `every` optimizer steps and at the last step, keeping a training-only stopwatch.
+
+    Points are taken when a step's logs arrive (`on_log`, every step with `logging_steps=1`), so the step's own
+    `esr/tokens_generated` is already counted and a stop by the guard is already decided.
+    """
 
     def __init__(self, evaluate: Callable[[PreTrainedModel], float], every: int, result: RunResult):
         self.evaluate, self.every, self.result = evaluate, every, result
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._start, self._eval_seconds = time.perf_counter(), 0.0
-        self._record(0, model)
+        self._start, self._eval_seconds, self._tokens = time.perf_counter(), 0.0, 0
+        self._record(state, model)
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self._record(state.global_step, model)
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not logs or "esr/tokens_generated" not in logs:
+            return  # the end-of-training summary
+        self._tokens += logs["esr/tokens_generated"]
+        last = state.global_step == state.max_steps or control.should_training_stop  # the guard may stop early
+        if state.global_step % self.every == 0 or last:
+            self._record(state, model)
 
-    def _record(self, step: int, model: PreTrainedModel) -> None:
+    def _record(self, state, model: PreTrainedModel) -> None:
         now = time.perf_counter()
         train_seconds = now - self._start - self._eval_seconds
+        tokens = int(self._tokens) + self.result.tokens_measured
         accuracy = self.evaluate(model)
         self._eval_seconds += time.perf_counter() - now
-        self.result.curve.append({"step": step, "train_seconds": train_seconds, "accuracy": accuracy})
+        point = {"step": state.global_step, "train_seconds": train_seconds, "tokens": tokens, "accuracy": accuracy}
+        self.result.curve.append(point)
 
 
 class _QuietProgress(ProgressCallback):
@@ -66,39 +104,53 @@ class _QuietProgress(ProgressCallback):
         pass
 
 
+def _count_measured_tokens(trainer: ESRDistillTrainer, result: RunResult) -> None:
+    """Add the tokens of every guard measurement's rollouts to `result.tokens_measured`."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ESRDiagnosticsCallback):
+            measure = callback.measure
+
+            def counted_measure(measure=measure):
+                stats = measure()
+                result.tokens_measured += int(stats.mask.sum())
+                return stats
+
+            callback.measure = counted_measure
+
+
 def distill(
     method: str,
     k: int | None,
+    guard: str | None,
+    seed: int,
     student_path: str,
     teacher_path: str,
     tokenizer: PreTrainedTokenizerFast,
     prompts: list[list[dict]],
     evaluate: Callable[[PreTrainedModel], float],
-    eval_every: int,
-    max_completion_length: int,
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    use_cpu: bool,
+    settings: DistillSettings,
     output_dir: str,
 ) -> tuple[RunResult, PreTrainedModel]:
-    """Distil the teacher into the student for `steps` optimizer steps; returns the measurements and the student."""
+    """Distil the teacher into the student; returns the measurements and the model the run hands over."""
     args = ESRConfig(
         output_dir=output_dir,
         esr_k=k,
-        max_completion_length=max_completion_length,
-        per_device_train_batch_size=batch_size,
+        esr_diagnostics_steps=settings.guard_every if guard else 0,
+        esr_diagnostics_num_rollouts=settings.guard_rollouts,
+        esr_horizon_guard=guard,
+        max_completion_length=settings.max_completion_length,
+        per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=1,
-        max_steps=steps,
-        learning_rate=learning_rate,
-        warmup_steps=max(1, steps // 10),  # Adam's first updates are sign-like: lr-sized noise on a trained student
+        max_steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        warmup_steps=max(1, settings.steps // 10),  # Adam's first updates are sign-like: lr-sized noise
         seed=seed,
-        use_cpu=use_cpu,
+        use_cpu=settings.use_cpu,
         bf16=False,
         gradient_checkpointing=False,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="no",  # the guard saves its best checkpoint whatever this says
+        save_only_model=True,
         report_to="none",
     )
     trainer = ESRDistillTrainer(
@@ -108,15 +160,26 @@ def distill(
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         processing_class=tokenizer,
     )
-    result = RunResult(method=method, k=k)
+    result = RunResult(method=method, seed=seed, k=k, guard=guard)
+    _count_measured_tokens(trainer, result)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_QuietProgress)
-    trainer.add_callback(_AccuracyCurve(evaluate, eval_every, result))
+    trainer.add_callback(_AccuracyCurve(evaluate, settings.eval_every, result))
     trainer.train()
 
-    step_logs = [log for log in trainer.state.log_history if "esr/tokens_generated" in log]
+    logs = trainer.state.log_history
+    step_logs = [log for log in logs if "esr/tokens_generated" in log]
     result.tokens_generated = int(sum(log["esr/tokens_generated"] for log in step_logs))
     result.tokens_trained = int(sum(log["esr/tokens_trained"] for log in step_logs))
     result.max_rollout_length = int(max(log["completions/max_length"] for log in step_logs))
-    result.rollouts = steps * batch_size
-    return result, trainer.model
+    result.rollouts = len(step_logs) * settings.batch_size
+    result.kl_beyond_k = [[log["step"], log["esr/kl_beyond_k"]] for log in logs if "esr/kl_beyond_k" in log]
+    model = trainer.model
+    if guard == "stop":
+        result.stopped_at = trainer.state.global_step if trainer.state.global_step < settings.steps else None
+        best = trainer.state.best_model_checkpoint
+        if best:  # the guard's lowest-KL-beyond-k checkpoint: what a user of the guard keeps
+            model = AutoModelForCausalLM.from_pretrained(best).to(trainer.model.device)
+            result.kept_step = int(best.rsplit("-", 1)[1])
+            result.kept_accuracy = evaluate(model)
+    return result, model

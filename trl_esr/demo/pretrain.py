@@ -1,11 +1,13 @@
-"""Supervised pre-training of the demo's teacher and student from scratch, with a plain PyTorch loop.
+"""Supervised pre-training of the demo's teacher and students from scratch, with a plain PyTorch loop.
 
-The teacher is trained until it solves the task; the student, smaller, sees far fewer steps, so distillation has a
-real gap to close. The loss covers the response tokens only, laid out exactly as TRL lays out a rollout (the chat
-template's generation prompt, then the response, then EOS).
+The teacher is trained on the derivation format until it solves the task. Each regime's student, smaller, gets its
+own gap to close: the errors-beyond-k student sees far fewer steps of the same data; the early-decision student sees
+a mix in which most examples use the shortcut format (`task.shortcut`). The loss covers the response tokens only,
+laid out exactly as TRL lays out a rollout (the chat template's generation prompt, then the response, then EOS).
 """
 
 import json
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
-from .task import derivation, prompt
+from .task import derivation, prompt, shortcut
 
 
 def chat_prompt(a: int, b: int, n_digits: int) -> list[dict]:
@@ -30,20 +32,30 @@ def encode_prompts(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, in
     ]
 
 
-def encode_examples(
-    tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, int]], n_digits: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(input_ids, labels)` of prompt + reference response + EOS; labels are -100 on the prompt.
+def sft_responses(pairs: list[tuple[int, int]], n_digits: int, shortcut_fraction: float, seed: int) -> list[str]:
+    """The SFT target of each pair: the derivation, or with probability `shortcut_fraction` the shortcut."""
+    rng = random.Random(seed)
+    return [
+        shortcut(a, b, n_digits) if rng.random() < shortcut_fraction else derivation(a, b, n_digits) for a, b in pairs
+    ]
 
-    Every prompt and every response of the task has the same length, so the batch needs no padding.
-    """
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, int]], n_digits: int, responses: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask, labels)` of prompt + response + EOS, right-padded; labels are -100 on the prompt
+    and the padding. Every prompt of the task has the same length; responses differ only when shortcuts mix in."""
     prompt_ids = encode_prompts(tokenizer, pairs, n_digits)
-    responses = [derivation(a, b, n_digits) + " " + tokenizer.eos_token for a, b in pairs]
-    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
-    input_ids = torch.tensor([p + r for p, r in zip(prompt_ids, response_ids, strict=True)])
-    labels = input_ids.clone()
+    response_ids = tokenizer([r + " " + tokenizer.eos_token for r in responses], add_special_tokens=False)["input_ids"]
+    rows = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)], attention_mask[i, : len(row)] = torch.tensor(row), 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
     labels[:, : len(prompt_ids[0])] = -100
-    return input_ids, labels
+    return input_ids, attention_mask, labels
 
 
 def supervised_finetune(
@@ -56,11 +68,12 @@ def supervised_finetune(
     learning_rate: float,
     seed: int,
     desc: str,
+    shortcut_fraction: float = 0.0,
 ) -> PreTrainedModel:
     """AdamW with linear warm-up and cosine decay on random mini-batches of `pairs` (with replacement)."""
-    input_ids, labels = encode_examples(tokenizer, pairs, n_digits)
+    responses = sft_responses(pairs, n_digits, shortcut_fraction, seed)
     device = model.device
-    input_ids, labels = input_ids.to(device), labels.to(device)
+    input_ids, attention_mask, labels = (t.to(device) for t in encode_examples(tokenizer, pairs, n_digits, responses))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -74,7 +87,7 @@ def supervised_finetune(
     bar = tqdm(range(steps), desc=desc, unit="step")
     for _ in bar:
         index = torch.randint(len(pairs), (batch_size,), generator=generator).to(device)
-        loss = model(input_ids=input_ids[index], labels=labels[index]).loss
+        loss = model(input_ids=input_ids[index], attention_mask=attention_mask[index], labels=labels[index]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -97,6 +110,7 @@ class ModelRecipe:
     learning_rate: float
     n_digits: int
     seed: int
+    shortcut_fraction: float = 0.0  # share of SFT examples in the shortcut format (the early-decision student)
 
 
 def load_or_pretrain(
@@ -114,7 +128,8 @@ def load_or_pretrain(
         return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     print(
         f"Training the {name} from scratch: {recipe.architecture}, hidden size {recipe.hidden_size}, "
-        f"{recipe.num_layers} layers, {recipe.sft_steps} SFT steps of {recipe.sft_batch_size} examples."
+        f"{recipe.num_layers} layers, {recipe.sft_steps} SFT steps of {recipe.sft_batch_size} examples"
+        + (f", {recipe.shortcut_fraction:.0%} of them in the shortcut format." if recipe.shortcut_fraction else ".")
     )
     model = build_tiny_causal_lm(
         tokenizer,
@@ -135,6 +150,7 @@ def load_or_pretrain(
         recipe.learning_rate,
         recipe.seed,
         desc=f"SFT {name}",
+        shortcut_fraction=recipe.shortcut_fraction,
     )
     save_pretrained(model, tokenizer, path)
     recipe_file.write_text(json.dumps(asdict(recipe), indent=2))

@@ -5,6 +5,10 @@ answer 0 9 3 6 3`: one step per column from the right (digit + digit + carry-in 
 carry first. The answer is exactly verifiable, the derivation is a few dozen tokens long, and every step depends on
 the carries written before it, so a mistake early on decides the rest. Each digit and symbol is its own
 whitespace-separated word, so a word-level tokenizer covers the task with 14 words.
+
+The early-decision regime adds a *shortcut* format, `answer 0 8 7 6 3` at once: each column's digits summed without
+carries, right only when no column carries (about 9 % of 4-digit problems). Whether a response takes it is decided by
+its first token.
 """
 
 import random
@@ -29,6 +33,12 @@ def derivation(a: int, b: int, n_digits: int) -> str:
         steps.append(f"{x} + {y} + {carry} = {total // 10} {total % 10} ;")
         carry = total // 10
     return " ".join(steps) + f" answer {_spaced(a + b, n_digits + 1)}"
+
+
+def shortcut(a: int, b: int, n_digits: int) -> str:
+    """The unreliable format: `answer 0` and each column's sum mod 10 (no carries), with no derivation."""
+    digits = [(int(x) + int(y)) % 10 for x, y in zip(f"{a:0{n_digits}d}", f"{b:0{n_digits}d}", strict=True)]
+    return "answer 0 " + " ".join(map(str, digits))
 
 
 def answer_of(response: str) -> str | None:
