@@ -233,7 +233,7 @@ class PartialResults:
                 )
         saved.rollout_rows = rows
         saved.rng_state = progress.get("rng_state") if rows else None
-        saved.score_rows = _read_rows(directory / SCORES_FILE)[: progress.get("scored", 0)]
+        saved.score_rows = _read_rows(directory / SCORES_FILE)[: min(progress.get("scored", 0), len(rows))]
         saved.probed = {
             row["k"]: (row["accuracy"], row["num_prompts"], row["num_short"])
             for row in _read_rows(directory / PROBE_FILE)
