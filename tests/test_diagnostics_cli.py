@@ -357,3 +357,31 @@ def test_suggest_k_keeps_the_measurements_when_the_report_fails(
         "rollouts.jsonl and scores.jsonl."
     )
     assert len(read_jsonl(tmp_path / "rollouts.jsonl")) == len(read_jsonl(tmp_path / "scores.jsonl")) == 6
+
+
+def test_suggest_k_interrupted_in_the_probe_reuses_the_lengths_measured(
+    llama_paths, dataset_file, uninterrupted, tmp_path, capsys, monkeypatch
+):
+    import trl_esr.diagnostics.cli as suggest_cli
+
+    load_models, counters = suggest_cli._load_models, []
+
+    def teacher_interrupted_at(call):
+        def load(args):
+            student, teacher, tokenizer = load_models(args)
+            teacher.generate = failing_on_call(teacher.generate, call, KeyboardInterrupt())
+            counters.append(teacher.generate)
+            return student, teacher, tokenizer
+
+        return load
+
+    argv = command(llama_paths, dataset_file, tmp_path, batch_size=2, probe_k_grid=[0, 4])
+    monkeypatch.setattr(suggest_cli, "_load_models", teacher_interrupted_at(4))  # k = 0 takes calls 1-3
+    assert main(argv) == suggest_cli.EXIT_INTERRUPTED
+    assert "6 of 6 scored (scores.jsonl), 1 probe length(s) (teacher_decay.jsonl)" in capsys.readouterr().err
+    assert [row["k"] for row in read_jsonl(tmp_path / "teacher_decay.jsonl")] == [0]
+
+    monkeypatch.setattr(suggest_cli, "_load_models", teacher_interrupted_at(0))  # never interrupted
+    assert main(argv) == EXIT_RECOMMENDED
+    assert counters[-1].calls == 3  # only k = 4 was probed this time
+    assert report(tmp_path) == report(uninterrupted)
