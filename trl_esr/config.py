@@ -62,6 +62,12 @@ class ESRConfig(DistillationConfig):
             off. One measurement costs about 15 ESR steps on the project's CPU (see `docs/choosing-k.md`).
         esr_diagnostics_num_rollouts (`int`, *optional*, defaults to `8`):
             Rollouts per diagnostics measurement.
+        esr_diagnostics_greedy (`bool`, *optional*, defaults to `False`):
+            Measure on greedy student rollouts instead of rollouts sampled with the training settings. Greedy
+            rollouts have no sampling noise, so successive measurements differ only because the student changed, and
+            they follow the policy most evaluations decode. Recommended with `esr_horizon_guard`: on the demo's
+            early-decision regime the sampled `esr/kl_beyond_k` stayed flat while greedy accuracy fell, and the greedy
+            one rose with it (`docs/choosing-k.md`).
 
         > Parameters that control the horizon guard
 
@@ -208,6 +214,14 @@ class ESRConfig(DistillationConfig):
     esr_diagnostics_num_rollouts: int = field(
         default=8,
         metadata={"help": "Rollouts per diagnostics measurement."},
+    )
+    esr_diagnostics_greedy: bool = field(
+        default=False,
+        metadata={
+            "help": "Measure on greedy student rollouts (no sampling noise: successive values differ only because "
+            "the student changed) instead of rollouts sampled with the training settings. Recommended with "
+            "`esr_horizon_guard`."
+        },
     )
 
     # Parameters that control the horizon guard

@@ -137,6 +137,7 @@ def distill(
         esr_k=k,
         esr_diagnostics_steps=settings.guard_every if guard else 0,
         esr_diagnostics_num_rollouts=settings.guard_rollouts,
+        esr_diagnostics_greedy=True,  # the guard's signal: sampled measurements were too noisy (docs/demo.md)
         esr_horizon_guard=guard,
         max_completion_length=settings.max_completion_length,
         per_device_train_batch_size=settings.batch_size,

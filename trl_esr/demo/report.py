@@ -212,7 +212,8 @@ def _markdown(summary: dict, body: str, notice: str) -> str:
 
 {figures}
 
-Total demo time: {summary["total_seconds"]:.0f} s.
+Total demo time: {summary["total_seconds"]:.0f} s, of which {summary["pretrain_seconds"]:.0f} s pre-training (or
+loading the cached models).
 """
 
 

@@ -122,6 +122,7 @@ class _Demo:
 
     def __init__(self, settings: Settings, seed: int, device: str, max_completion_length: int, output_dir: Path):
         self.settings, self.seed, self.device, self.output_dir = settings, seed, device, output_dir
+        self.pretrain_seconds = 0.0  # pre-training or loading the cached models
         self.tokenizer = build_tokenizer()
         sizes = {"sft": settings.sft_examples, "distill": settings.distill_prompts, "test": settings.test_size}
         self.splits = make_splits(settings.n_digits, sizes, seed=seed)
@@ -142,7 +143,10 @@ class _Demo:
             shortcut_fraction,
         )  # fmt: skip
         path = self.output_dir / "models" / name
-        return load_or_pretrain(name, recipe, self.tokenizer, self.splits["sft"], path, self.device)
+        started = time.perf_counter()
+        model = load_or_pretrain(name, recipe, self.tokenizer, self.splits["sft"], path, self.device)
+        self.pretrain_seconds += time.perf_counter() - started
+        return model
 
     def evaluate(self, model) -> float:
         length = self.distill_settings.max_completion_length
@@ -224,10 +228,11 @@ class _Demo:
             "student": "{} hidden size {}, {} layers".format(*s.student),
             "distillation": f"{s.steps} optimizer steps x {s.batch_size} prompts, one rollout each, reverse KL, "
             f"ESR k={s.k}; the guard (`esr_horizon_guard='stop'`) measures `esr/kl_beyond_k` on {s.guard_rollouts} "
-            f"full-length rollouts every {s.guard_every} steps",
+            f"greedy full-length rollouts every {s.guard_every} steps",
             "teacher_accuracy": self.teacher_accuracy,
             "test_size": s.test_size,
             "k": s.k,
             "kl_sampling": "student rollouts sampled at T=0.7, top-p 0.95 (as in training), never stopped at k",
             "total_seconds": total_seconds,
+            "pretrain_seconds": self.pretrain_seconds,
         }

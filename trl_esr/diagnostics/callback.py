@@ -65,12 +65,19 @@ class ESRDiagnosticsCallback(TrainerCallback):
     not supported. Rollouts use HF `generate` on the unwrapped student even when training uses vLLM; text-only models
     (`processing_class` is a tokenizer).
 
+    With `greedy` (`ESRConfig.esr_diagnostics_greedy`), the rollouts are greedy instead: no sampling noise at all,
+    and the policy most evaluations decode. On the demo's early-decision regime that is what made the KL beyond k
+    follow the student's drift (docs/choosing-k.md, "The horizon guard").
+
     Args:
         trainer: the [`ESRDistillTrainer`] to watch (its `train_dataset`, `teacher_model`, generation settings).
         every_n_steps: measure when `global_step` is a multiple of this.
         num_rollouts: prompts (one rollout each) in the fixed set.
-        batch_size: rollouts generated and scored at once.
+        batch_size: rollouts generated and scored at once; defaults to `num_rollouts`, at most
+            `max(8, per_device_train_batch_size)` (training already generates that many at once): one generation
+            call per measurement where it fits, since each call pays a per-token cost whatever its batch.
         seed: seed of the prompt draw and of sampling; defaults to `trainer.args.seed`.
+        greedy: greedy rollouts; defaults to `trainer.args.esr_diagnostics_greedy`.
     """
 
     def __init__(
@@ -78,9 +85,12 @@ class ESRDiagnosticsCallback(TrainerCallback):
         trainer,
         every_n_steps: int = DEFAULT_EVERY_N_STEPS,
         num_rollouts: int = DEFAULT_NUM_ROLLOUTS,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         seed: int | None = None,
+        greedy: bool | None = None,
     ):
+        if batch_size is None:
+            batch_size = min(num_rollouts, max(8, trainer.args.per_device_train_batch_size))
         for name, value in (
             ("every_n_steps", every_n_steps),
             ("num_rollouts", num_rollouts),
@@ -96,6 +106,7 @@ class ESRDiagnosticsCallback(TrainerCallback):
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.seed = trainer.args.seed if seed is None else seed
+        self.greedy = getattr(trainer.args, "esr_diagnostics_greedy", False) if greedy is None else greedy
         indices = random.Random(self.seed).sample(range(len(dataset)), min(num_rollouts, len(dataset)))
         prompts = [prompt_from_row(dataset[i]) for i in indices]
         self.prompt_ids = tokenize_prompts(trainer.processing_class, prompts)
@@ -126,6 +137,10 @@ class ESRDiagnosticsCallback(TrainerCallback):
         teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
         sampling = copy.deepcopy(generation_config(trainer))  # the trainer's sampling settings, full length
         sampling.max_new_tokens = trainer.args.max_completion_length
+        if self.greedy:  # unset the sampling knobs too, or `generate` warns that they are ignored
+            sampling.do_sample, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p = (
+                False, None, None, None, None,
+            )  # fmt: skip
         eos_ids = sampling.eos_token_id
         eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
         pad_token_id = sampling.pad_token_id
