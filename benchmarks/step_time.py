@@ -24,8 +24,7 @@ from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 from trl import DistillationConfig, DistillationTrainer
 
-from trl_esr import ESRConfig, ESRDistillTrainer
-from trl_esr import trainer as trainer_module
+from trl_esr import ESRConfig, ESRDistillTrainer, cross_tokenizer
 from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
 
 
@@ -47,14 +46,14 @@ SIZES = {
 
 class StepTimer(TrainerCallback):
     """Wall time per optimizer step, and the share spent in the student's `generate`, the teacher's backbone and, for
-    a cross-tokenizer teacher, the re-tokenization and alignment of rollouts (`trl_esr.trainer.align_batch`)."""
+    a cross-tokenizer teacher, the re-tokenization and alignment of rollouts (`cross_tokenizer.align_batch`)."""
 
     def __init__(self, trainer):
         self.steps, self._generation, self._teacher, self._alignment = [], 0.0, 0.0, 0.0
         student, teacher = trainer.model, trainer.teacher_model
         student.generate = self._timed(student.generate, "_generation")
-        self._align_batch = trainer_module.align_batch
-        trainer_module.align_batch = self._timed(self._align_batch, "_alignment")
+        self._align_batch = cross_tokenizer.align_batch
+        cross_tokenizer.align_batch = self._timed(self._align_batch, "_alignment")
         teacher.base_model.register_forward_pre_hook(lambda *_: setattr(self, "_teacher_start", _now()))
         teacher.base_model.register_forward_hook(lambda *_: self._add_teacher(_now() - self._teacher_start))
 
@@ -76,7 +75,7 @@ class StepTimer(TrainerCallback):
         self._start = _now()
 
     def on_train_end(self, args, state, control, **kwargs):
-        trainer_module.align_batch = self._align_batch
+        cross_tokenizer.align_batch = self._align_batch
 
     def on_step_end(self, args, state, control, **kwargs):
         total = _now() - self._start

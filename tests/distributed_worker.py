@@ -37,13 +37,7 @@ def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         processing_class=tokenizer,
     )
-    spy, batches = DivergenceSpy(trainer), record_batches(trainer)
-    aligned = alignment == "always"  # the aligned loss does not go through TRL's kernel: record its normaliser
-    if aligned:
-        compute = trainer._aligned_loss
-        trainer._aligned_loss = lambda s, inputs, n: (
-            spy.calls.append({"num_items_in_batch": n}) or compute(s, inputs, n)
-        )
+    spy, batches = DivergenceSpy(trainer), record_batches(trainer)  # the aligned path goes through it too
     initial = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
     trainer.train()
     final = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])

@@ -102,9 +102,15 @@ def test_a_teacher_with_another_tokenizer_trains(bpe_tokenizer, model_paths, tok
     teacher_before = {n: p.detach().clone() for n, p in trainer.teacher_model.named_parameters()}
     trainer.train()
 
-    assert spy.calls == []  # the fast path's kernel is not used
-    for batch in batches:
+    # TRL's `_compute_loss` runs: the teacher's hidden state at each aligned position, both heads in full (the
+    # divergence restricts them to the shared rows), only aligned positions trained
+    assert len(spy.calls) == len(batches) == 3
+    for call, batch in zip(spy.calls, batches, strict=True):
         assert batch["completion_mask"].sum(dim=1).tolist() == [k, k]  # the cap holds on the student side
+        assert call["teacher_hidden_states"].shape[:2] == batch["completion_ids"].shape  # (B, C), not (B, J)
+        aligned = (batch["teacher_positions"] >= 0).long().tolist()
+        assert sorted(call["completion_mask"].tolist()) == sorted(aligned)  # TRL shuffles the rows of a batch
+        assert call["teacher_lm_head_weight"].size(0) == len(tokenizer)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert all(torch.isfinite(torch.tensor(entry["loss"])) and entry["loss"] > 0 for entry in logs)
     assert all(0 < entry["esr/aligned_fraction"] < 1 for entry in logs)  # pieces inside words are not trained

@@ -114,15 +114,3 @@ def test_disabled_esr_reproduces_trl(model_paths, tokenizer, train_dataset, make
         losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
     assert len(losses[0]) == 3
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
-
-
-def test_aligned_logit_postprocessing_reads_trls_scales():
-    """Granite-style `logits_scaling` divides the logits, as TRL's `_compute_loss` does, before soft-capping."""
-    from transformers import LlamaConfig
-
-    from trl_esr.loss import logit_postprocessor
-
-    config = LlamaConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=1)
-    config.logits_scaling, config.final_logit_softcapping = 4.0, 1.0
-    logits = torch.tensor([0.0, 2.0, 8.0])
-    assert torch.allclose(logit_postprocessor(config)(logits), torch.tanh(logits / 4.0))

@@ -110,44 +110,49 @@ def test_metrics_dict_is_averaged_into_the_logs(trl_trainer):
 def test_compute_loss_runs_student_then_teacher_through_get_last_hidden_state(trl_trainer):
     params = list(inspect.signature(DistillationTrainer._get_last_hidden_state).parameters)
     assert params[:5] == ["self", "unwrapped_model", "input_ids", "attention_mask", "logits_to_keep"]
-    calls, original = [], trl_trainer._get_last_hidden_state
+    calls, returned, original = [], [], trl_trainer._get_last_hidden_state
 
     def recording(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs):
         calls.append((unwrapped_model, input_ids.shape, logits_to_keep))
-        return original(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs)
+        returned.append(original(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs))
+        return returned[-1]
+
+    received = []
+
+    def spy(*args, **kwargs):
+        received.append(args[:2])
+        return _trl_compat.chunked_divergence_loss(*args, **kwargs)
 
     trl_trainer._get_last_hidden_state = recording
     trl_trainer.model.eval()
-    trl_trainer.compute_loss(trl_trainer.model, batch_with_loss_mask())
+    with _trl_compat.replace_divergence_loss(spy):
+        trl_trainer.compute_loss(trl_trainer.model, batch_with_loss_mask())
     teacher = trl_trainer.accelerator.unwrap_model(trl_trainer.teacher_model)
     assert [call[0] for call in calls] == [trl_trainer.accelerator.unwrap_model(trl_trainer.model), teacher]
     assert calls[0][1:] == calls[1][1:] == (torch.Size([2, 7]), 4)  # same input ids; the completion is last
+    # both hidden states reach the divergence as they were returned (the aligned path returns the teacher's own)
+    ((student_hidden, teacher_hidden),) = received
+    assert torch.equal(student_hidden, returned[0]) and torch.equal(teacher_hidden, returned[1])
+
+
+def test_compute_loss_reads_the_logit_scales_and_softcaps_it_passes():
+    """The aligned path relies on TRL's `_compute_loss` for every model's logit post-processing (it runs inside it)."""
+    source = inspect.getsource(DistillationTrainer._compute_loss)
+    passed = [
+        "student_logit_scale=student_logit_scale",
+        "teacher_logit_scale=teacher_logit_scale",
+        'student_final_logit_softcapping=getattr(student_config, "final_logit_softcapping", None)',
+        'teacher_final_logit_softcapping=getattr(teacher_config, "final_logit_softcapping", None)',
+        "student_lm_head_bias=student_lm_head.bias",
+        "teacher_lm_head_bias=teacher_lm_head.bias",
+    ]
+    for argument in passed:
+        assert argument in source, argument
 
 
 def test_stop_token_ids_are_what_trl_generates_with(trl_trainer, tokenizer):
     assert _trl_compat.stop_token_ids(trl_trainer) == [tokenizer.eos_token_id]
     assert '"eos_token_id": self.eos_token_ids' in inspect.getsource(DistillationTrainer)  # HF generate's stop list
-
-
-@pytest.mark.parametrize(
-    "attribute, value, expected",
-    [("logit_scale", 2.0, 2.0), ("output_multiplier", 3.0, 3.0), ("lm_head_multiplier", 0.5, 0.5),
-     ("logits_scaling", 4.0, 0.25), (None, None, 1.0)],
-)  # fmt: skip
-def test_logit_scale_is_the_one_trl_applies(trl_trainer, attribute, value, expected):
-    config = trl_trainer.model.config
-    if attribute is not None:
-        setattr(config, attribute, value)
-    received = {}
-
-    def spy(*args, **kwargs):
-        received["scale"] = kwargs["student_logit_scale"]
-        return _trl_compat.chunked_divergence_loss(*args, **kwargs)
-
-    trl_trainer.model.eval()
-    with _trl_compat.replace_divergence_loss(spy):
-        trl_trainer.compute_loss(trl_trainer.model, batch_with_loss_mask())
-    assert received["scale"] == expected == _trl_compat.logit_scale(config.get_text_config())
 
 
 def statements(source: str) -> list[str]:

@@ -13,7 +13,9 @@ What we rely on:
   the module-level `_chunked_divergence_loss`, which it looks up at call time.
 - `DistillationTrainer._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, **mm)` runs
   a backbone and returns the hidden states of the last `logits_to_keep` positions; `_compute_loss` calls it for the
-  student, then (through `_forward_redirection`) for the unwrapped teacher, with the same `input_ids`.
+  student, then (through `_forward_redirection`) for the unwrapped teacher, with the same `input_ids`, and hands both
+  results to the divergence as they are (the teacher's may come from other tokens, one hidden state per completion
+  position), with the heads' weights, biases, logit scales and soft-capping.
 - `trainer.generation_config` is the `GenerationConfig` HF `generate` samples with (the config's sampling settings,
   `generation_kwargs`, TRL's EOS list and pad id).
 - Rollout length is read from `trainer.generation_config.max_new_tokens` (HF generate; `trainer.generation_kwargs`
@@ -138,20 +140,6 @@ def stop_token_ids(trainer) -> list[int]:
     """Every id that ends a rollout: TRL stops generation on the student's whole generation-config EOS list (plus the
     tokenizer's EOS), e.g. 128001, 128008 and 128009 for Llama-3-Instruct."""
     return trainer.eos_token_ids
-
-
-def logit_scale(config) -> float:
-    """The multiplier `DistillationTrainer._compute_loss` applies to a model's logits before soft-capping, read from
-    its text config the way TRL reads it: `logit_scale` (Cohere), `output_multiplier`, `lm_head_multiplier`
-    (Falcon-H1), or `logits_scaling` (divided by, as in Granite and MiniCPM3; multiplied by for HyperCLOVA X)."""
-    scale = getattr(config, "logit_scale", None)
-    if scale is None:
-        scale = getattr(config, "output_multiplier", None)
-    if scale is None:
-        scale = getattr(config, "lm_head_multiplier", None)
-    if scale is None and getattr(config, "logits_scaling", None) is not None:
-        scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
-    return 1.0 if scale is None else scale
 
 
 def tokenizer_of(trainer):

@@ -28,12 +28,19 @@ Exactness on byte-level BPE (Llama-3, Qwen, GPT-2 style), where the naive approa
   Literal special-token text the student writes ("<|im_end|>" as characters) is tokenized as text, not as the
   teacher's special token.
 
+In the trainer this is one component, [`CrossTokenizer`] (a `trl_esr.pairing.TokenizerPairing`): it re-tokenizes
+and aligns each rollout batch, runs the teacher on its own tokens and hands TRL's `_compute_loss` the teacher's hidden
+state at each aligned student position, and restricts both heads to the shared rows. The loss itself is TRL's (through
+`trl_esr.loss.make_divergence_loss`): its chunked kernel, logit scales and soft-capping, head-device check and the
+student's multimodal inputs all apply unchanged.
+
 Example: "w1 w12" is `w1 | w12` for a word-level student and `w | 1 | Ġw | 12` for a byte-level BPE teacher. The
 student's boundaries are 0, 2 and 6 (after the end: its EOS position); the teacher's 0, 1, 2, 4 and 6; every student
 position is aligned. Swap the roles and the BPE student's positions at 1 and 4 (inside a word) have no teacher match.
 """
 
 import json
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -42,6 +49,13 @@ from itertools import accumulate
 import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from ._trl_compat import LOSS_MASK_KEY
+from .loss import make_divergence_loss
+from .pairing import TokenizerPairing
+
+
+logger = logging.getLogger(__name__)
 
 
 _NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
@@ -296,3 +310,72 @@ class Aligner:
 def align_batch(aligner: Aligner, completion_ids, loss_mask, stop_ids) -> dict[str, torch.Tensor]:
     """`aligner(completion_ids, loss_mask, stop_ids)`: a module-level seam the benchmark times."""
     return aligner(completion_ids, loss_mask, stop_ids)
+
+
+class CrossTokenizer(TokenizerPairing):
+    """A teacher with another tokenizer: each rollout is re-tokenized for the teacher, and student position t is
+    trained against the teacher position aligned with it, both distributions restricted to the shared vocabulary.
+
+    `prepare_batch` adds `teacher_response_ids` / `teacher_response_mask` (B, J) and `teacher_positions` (B, C) to
+    the batch and trains only aligned positions; `teacher_hidden_states` runs the teacher on its own prompt and tokens
+    and gathers its hidden state at each aligned position, so TRL's `_compute_loss` sees (B, C, H_t) as on the fast
+    path; `divergence_loss` restricts both heads to the shared rows.
+    """
+
+    mode = "aligned"
+    loads_teacher_itself = True  # TRL refuses a teacher whose head size differs
+    full_vocabulary = False
+
+    def __init__(self, processing_class, teacher_tokenizer, shared: SharedVocabulary, aligner: Aligner):
+        super().__init__(processing_class, teacher_tokenizer)
+        self.shared, self.aligner = shared, aligner
+
+    @classmethod
+    def build(cls, processing_class, student, teacher, min_fraction: float) -> "CrossTokenizer":
+        """The pairing of `student` with `teacher` (both fast tokenizers), refused below `min_fraction` shared."""
+        if not teacher.is_fast:
+            raise ValueError(
+                f"The teacher's tokenizer `{teacher.name_or_path}` differs from the student's and is a slow "
+                "tokenizer, which cannot report the character offsets the alignment needs. Load its fast version "
+                "(`use_fast=True`) and pass it as `teacher_processing_class`."
+            )
+        student_table = token_bytes(student)  # one pass over each vocabulary, shared by both uses below
+        shared = SharedVocabulary.build(student, teacher, student_table=student_table)
+        logger.info(f"The tokenizers differ: {shared.fraction:.1%} of the student's vocabulary is shared.")
+        if shared.fraction < min_fraction:
+            raise ValueError(
+                f"The student's tokenizer `{student.name_or_path}` and the teacher's `{teacher.name_or_path}` share "
+                f"only {shared.fraction:.1%} of the student's vocabulary (minimum `min_shared_vocab_fraction` = "
+                f"{min_fraction:.0%}), too little for a meaningful KL. Pick a teacher whose vocabulary overlaps more, "
+                "or lower `min_shared_vocab_fraction` if you know what you are doing."
+            )
+        return cls(processing_class, teacher, shared, Aligner(student, teacher, student_table=student_table))
+
+    def divergence_loss(self, args):
+        return make_divergence_loss(args.loss_normalization, args.loss_temperature, shared=self.shared)
+
+    def prepare_batch(self, batch: dict, stop_ids: list[int]) -> None:
+        """Train only the positions the teacher's tokenization also has (within ESR's k)."""
+        loss_mask = batch["completion_mask"] * batch.get(LOSS_MASK_KEY, 1)
+        batch.update(align_batch(self.aligner, batch["completion_ids"], loss_mask, stop_ids))
+        batch[LOSS_MASK_KEY] = (batch["teacher_positions"] >= 0).long()
+
+    def teacher_hidden_states(self, forward, teacher, batch, input_ids, attention_mask, logits_to_keep, **kwargs):
+        """The teacher on its own prompt and re-tokenized response (text only: its tokens hold no image
+        placeholders), then its hidden state at the position aligned with each student position: (B, C, H_t).
+        Positions without a match get position 0's, which the loss mask leaves out."""
+        response_ids, response_mask = batch["teacher_response_ids"], batch["teacher_response_mask"]  # (B, J)
+        hidden = forward(
+            teacher,
+            torch.cat([batch["teacher_prompt_ids"], response_ids], dim=1),
+            torch.cat([batch["teacher_prompt_mask"], response_mask], dim=1),
+            response_ids.size(1),
+        )  # (B, J, H_t): position j predicts re-tokenized response token j
+        positions = batch["teacher_positions"].clamp(min=0).to(hidden.device)  # (B, C)
+        return hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
+
+    def metrics(self, trained: torch.Tensor, alignable: torch.Tensor) -> dict[str, float]:
+        return {
+            "esr/aligned_fraction": (trained / alignable.clamp(min=1)).item(),
+            "esr/shared_vocab_fraction": self.shared.fraction,
+        }

@@ -1,49 +1,100 @@
-"""How the teacher's tokenizer relates to the student's, decided once when the trainer is built.
+"""How the teacher's tokenizer relates to the student's, decided once when the trainer is built, and what the trainer
+does differently for it.
 
-- "same": every student token has the same id in the teacher (identical tokenizers, or a teacher that only adds tokens,
-  like Qwen3 over Qwen2.5) and both heads have the same rows. TRL's fast path, untouched.
-- "padded": the same, but one model's head has extra rows that no student token uses (e.g. Qwen2.5-Math-7B's 152,064
-  vs Qwen3's 151,936). TRL would refuse the pair; the fast path runs with both heads cut to the shared size.
-- "aligned": different tokenizers (another family, or the same size with another token->string mapping), or a teacher
-  head too small for the ids the student can emit. Rollouts are re-tokenized for the teacher and aligned by position
-  in the text (`trl_esr.cross_tokenizer`).
+- "same" ([`TokenizerPairing`]): every student token has the same id in the teacher (identical tokenizers, or a
+  teacher that only adds tokens, like Qwen3 over Qwen2.5) and both heads have the same rows. TRL's path, untouched:
+  every hook below is a no-op.
+- "padded" ([`PaddedHeads`]): the same, but one model's head has extra rows that no student token uses (e.g.
+  Qwen2.5-Math-7B's 152,064 vs Qwen3's 151,936). TRL would refuse the pair; its path runs with both heads cut to the
+  shared size, and a padded student never samples an id the teacher lacks.
+- "aligned" (`trl_esr.cross_tokenizer.CrossTokenizer`): different tokenizers (another family, or the same size with
+  another token->string mapping), or a teacher head too small for the ids the student can emit. Rollouts are
+  re-tokenized for the teacher and aligned by position in the text.
+
+The pairing is a *strategy object* the trainer holds, not a subclass of the trainer. Which relation applies is known
+only inside the constructor, once both tokenizers and head sizes have been read from the arguments the user gave to
+one class, `ESRDistillTrainer`: a trainer subclass per relation would need a factory or `__new__` dispatch, and would
+not compose with a user's own subclass of `ESRDistillTrainer` (which would have to be written once per relation). As
+a strategy, the trainer's overrides read the same for every pair and never ask which relation they serve; the
+cross-tokenizer support is one object behind six small hooks, built and testable without a trainer:
+
+- `load_teacher(args, teacher_model)` / `attach(trainer, own_teacher)`: around TRL's constructor (TRL refuses a
+  teacher with another head size, so those pairs load it themselves, the way TRL would);
+- `divergence_loss(args)`: the divergence TRL's `_compute_loss` calls (`trl_esr.loss.make_divergence_loss`);
+- `prepare_batch(batch, stop_ids)`: after each rollout batch (the cross-tokenizer pairing re-tokenizes here);
+- `teacher_hidden_states(forward, teacher, batch, ...)`: the teacher's forward pass inside TRL's `_compute_loss`;
+- `metrics(trained, alignable)`: extra `esr/*` metrics of a training batch.
 """
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 
+import torch
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 
-from ._trl_compat import model_id
-from .cross_tokenizer import Aligner, SharedVocabulary, shares_student_ids, token_bytes
+from ._trl_compat import load_teacher, model_id, prepare_teacher, suppress_ids_above
+from .loss import make_divergence_loss
+from .teacher_view import teacher_inputs
 
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
 class TokenizerPairing:
-    mode: str  # "same", "padded" or "aligned"
-    processing_class: object  # the student's, as given or loaded the way TRL loads it
-    teacher_tokenizer: PreTrainedTokenizerBase | None
-    vocab_size: int | None = None  # "padded": the number of head rows both models use
-    shared: SharedVocabulary | None = None  # "aligned"
-    aligner: Aligner | None = None  # "aligned"
+    """The teacher reads the student's token ids: TRL's path. The base of the other pairings, whose hooks default to
+    TRL's behaviour."""
 
-    @property
-    def loads_teacher_itself(self) -> bool:
-        """TRL refuses a teacher whose head size differs, so for these pairs the trainer loads it."""
-        return self.mode != "same"
+    mode = "same"
+    loads_teacher_itself = False  # TRL refuses a teacher whose head size differs: these pairings load it themselves
+    full_vocabulary = True  # the teacher scores the student's ids over one vocabulary (as the diagnostics do)
+    vocab_size: int | None = None  # the head rows both models use, where they differ
+    shared = None  # the cross-tokenizer pairing's `SharedVocabulary`
+
+    def __init__(self, processing_class, teacher_tokenizer: PreTrainedTokenizerBase | None):
+        self.processing_class = processing_class  # the student's, as given or loaded the way TRL loads it
+        self.teacher_tokenizer = teacher_tokenizer
+
+    def load_teacher(self, args, teacher_model):
+        """The teacher model this pairing loads itself (by name, as TRL would), or `None`: TRL's constructor does."""
+        return load_teacher(args, teacher_model) if self.loads_teacher_itself else None
+
+    def attach(self, trainer, own_teacher) -> None:
+        """After TRL's constructor: place the teacher loaded by `load_teacher`, as TRL places its own."""
+        if own_teacher is not None:
+            trainer.teacher_model = prepare_teacher(trainer, own_teacher)
+
+    def divergence_loss(self, args) -> Callable:
+        """The divergence, with the signature of TRL's `_chunked_divergence_loss`."""
+        return make_divergence_loss(args.loss_normalization, args.loss_temperature, vocab_size=self.vocab_size)
+
+    def prepare_batch(self, batch: dict, stop_ids: list[int]) -> None:
+        """Complete a training or evaluation batch from `_generate_and_score_completions`, in place."""
+
+    def teacher_hidden_states(self, forward, teacher, batch, input_ids, attention_mask, logits_to_keep, **kwargs):
+        """The teacher's hidden states for the loss, (B, C, H_t), one per completion position: `forward` (TRL's
+        `_get_last_hidden_state`) on the student's sequence, or, with a teacher view of the prompt
+        (`teacher_prompt_ids` in the batch), on the teacher's own prompt followed by the same completion."""
+        if "teacher_prompt_ids" in batch:
+            teacher_prompt = (batch["teacher_prompt_ids"], batch["teacher_prompt_mask"])
+            input_ids, attention_mask = teacher_inputs(teacher_prompt, input_ids, attention_mask, logits_to_keep)
+        return forward(teacher, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    def metrics(self, trained: torch.Tensor, alignable: torch.Tensor) -> dict[str, float]:
+        """Extra `esr/*` metrics of a training batch, from the tokens trained and the positions that could have been
+        (totals over processes)."""
+        return {}
 
     @classmethod
     def detect(cls, args, model, teacher_model, processing_class, teacher_processing_class) -> "TokenizerPairing":
+        from . import cross_tokenizer  # the alignment layer: loaded by the first trainer built, not by the import
+
         model_name = model if isinstance(model, str) else model_id(model)
         if processing_class is None:  # as TRL would load it, so that both sides can be compared now
             processing_class = AutoProcessor.from_pretrained(
                 model_name, truncation_side="left", padding_side="left", trust_remote_code=args.trust_remote_code
             )
         if teacher_model is None:
-            return cls("same", processing_class, None)
+            return cls(processing_class, None)
         student_tokenizer = (
             processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
         )
@@ -52,13 +103,15 @@ class TokenizerPairing:
             args.teacher_tokenizer_name_or_path or (teacher_name if teacher_name != model_name else None),
             args.trust_remote_code,
         )
-        same_ids = teacher_tokenizer is None or shares_student_ids(student_tokenizer, teacher_tokenizer)
+        same_ids = teacher_tokenizer is None or cross_tokenizer.shares_student_ids(
+            student_tokenizer, teacher_tokenizer
+        )
         if same_ids and args.tokenizer_alignment != "always":
             student_size, teacher_size = _vocab_size(model, args), _vocab_size(teacher_model, args)
             if student_size == teacher_size:
-                return cls("same", processing_class, teacher_tokenizer)
+                return cls(processing_class, teacher_tokenizer)
             if min(student_size, teacher_size) >= len(student_tokenizer):  # both heads score every student token
-                return cls("padded", processing_class, teacher_tokenizer, vocab_size=min(student_size, teacher_size))
+                return PaddedHeads(processing_class, teacher_tokenizer, vocab_size=min(student_size, teacher_size))
             logger.warning(
                 f"The teacher's head has {teacher_size} rows, fewer than the student's {len(student_tokenizer)} "
                 "tokens: the student's rollouts are re-tokenized for the teacher (the aligned path)."
@@ -71,28 +124,26 @@ class TokenizerPairing:
                 "not be loaded for the aligned path. Set `teacher_tokenizer_name_or_path` or pass "
                 "`teacher_processing_class`."
             )
-        return cls.aligned(processing_class, student_tokenizer, teacher_tokenizer, args.min_shared_vocab_fraction)
+        return cross_tokenizer.CrossTokenizer.build(
+            processing_class, student_tokenizer, teacher_tokenizer, args.min_shared_vocab_fraction
+        )
 
-    @classmethod
-    def aligned(cls, processing_class, student, teacher, min_fraction: float) -> "TokenizerPairing":
-        if not teacher.is_fast:
-            raise ValueError(
-                f"The teacher's tokenizer `{teacher.name_or_path}` differs from the student's and is a slow "
-                "tokenizer, which cannot report the character offsets the alignment needs. Load its fast version "
-                "(`use_fast=True`) and pass it as `teacher_processing_class`."
-            )
-        student_table = token_bytes(student)  # one pass over each vocabulary, shared by both uses below
-        shared = SharedVocabulary.build(student, teacher, student_table=student_table)
-        logger.info(f"The tokenizers differ: {shared.fraction:.1%} of the student's vocabulary is shared.")
-        if shared.fraction < min_fraction:
-            raise ValueError(
-                f"The student's tokenizer `{student.name_or_path}` and the teacher's `{teacher.name_or_path}` share "
-                f"only {shared.fraction:.1%} of the student's vocabulary (minimum `min_shared_vocab_fraction` = "
-                f"{min_fraction:.0%}), too little for a meaningful KL. Pick a teacher whose vocabulary overlaps more, "
-                "or lower `min_shared_vocab_fraction` if you know what you are doing."
-            )
-        aligner = Aligner(student, teacher, student_table=student_table)
-        return cls("aligned", processing_class, teacher, shared=shared, aligner=aligner)
+
+class PaddedHeads(TokenizerPairing):
+    """The student's token ids, but one head has extra rows no token uses: TRL's path on the first `vocab_size` rows
+    of both heads, and the student never samples past them."""
+
+    mode = "padded"
+    loads_teacher_itself = True
+    full_vocabulary = False
+
+    def __init__(self, processing_class, teacher_tokenizer, vocab_size: int):
+        super().__init__(processing_class, teacher_tokenizer)
+        self.vocab_size = vocab_size
+
+    def attach(self, trainer, own_teacher) -> None:
+        super().attach(trainer, own_teacher)
+        suppress_ids_above(trainer, self.vocab_size)  # a student head with extra rows: no id the teacher lacks
 
 
 def _load_tokenizer(name: str | None, trust_remote_code: bool) -> PreTrainedTokenizerBase | None:

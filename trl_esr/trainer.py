@@ -12,24 +12,19 @@ from ._trl_compat import (
     LOSS_MASK_KEY,
     building_vllm_engine,
     cap_rollout_length,
-    load_teacher,
     metrics,
     model_id,
-    prepare_teacher,
     replace_divergence_loss,
     stop_token_ids,
-    suppress_ids_above,
     tokenizer_of,
 )
 from .config import ESRConfig
-from .cross_tokenizer import align_batch
 from .guards import CheckpointOnInterrupt, NonFiniteUpdateGuard
 from .horizon_guard import ESRHorizonGuard
-from .loss import aligned_divergence_loss, logit_postprocessor, make_divergence_loss
 from .model_card import add_esr_details
 from .pairing import TokenizerPairing
 from .schedule import esr_k_at_step
-from .teacher_view import TeacherPromptRenderer, teacher_inputs
+from .teacher_view import TeacherPromptRenderer
 
 
 logger = logging.getLogger(__name__)
@@ -44,23 +39,32 @@ class ESRDistillTrainer(DistillationTrainer):
     scores only those tokens and the student minimises the reverse KL on them. Early tokens are where the teacher's
     guidance is reliable; the further a student rollout drifts, the worse the teacher's token-level signal.
 
-    What changes w.r.t. [`~trl.DistillationTrainer`]:
+    What changes w.r.t. [`~trl.DistillationTrainer`], override by override:
 
+    - `__init__`: takes one more argument, `teacher_processing_class` (the teacher's tokenizer, when it cannot be
+      loaded from the teacher's path), and `args` must be an [`ESRConfig`]. Before any model is loaded it checks the
+      set-up (`trl_esr.validation`) and reads how the teacher's tokenizer relates to the student's
+      (`trl_esr.pairing`); it loads a teacher TRL would refuse (another head size) itself, as TRL would. It adds the
+      callbacks below.
     - `_generate_and_score_completions`: during training, rollouts are capped at the current k (`esr_mode="stop"`) or
       trained on their first k tokens only (`esr_mode="mask"`); `num_items_in_batch` counts what is actually trained
-      (tokens or rollouts, per `loss_normalization`); `esr/*` metrics are logged. Evaluation is not capped.
-    - `_compute_loss`: the divergence uses `loss_temperature` (not the sampling temperature) and the
-      `loss_normalization` reduction.
-    - `_get_last_hidden_state`: with `teacher_chat_template` / `teacher_chat_template_kwargs`, the teacher's forward
-      pass sees its own rendering of the prompt before the shared response tokens (off by default).
+      (tokens or rollouts, per `loss_normalization`); `esr/*` metrics are logged. Evaluation is not capped. With a
+      teacher view of the prompt it adds the teacher's rendering, and for a teacher with another tokenizer the
+      re-tokenized, aligned response.
+    - `_compute_loss`: TRL's, with ESR's divergence (`trl_esr.loss`): `loss_temperature` instead of the sampling
+      temperature, the `loss_normalization` reduction, and both heads restricted to the rows both tokenizers share
+      where the pair differs.
+    - `_get_last_hidden_state`: for the teacher's forward pass inside `_compute_loss`, the teacher's own view of the
+      sequence: its rendering of the prompt before the shared response tokens (`teacher_chat_template`, off by
+      default), or, for a teacher with another tokenizer, its own tokens, read back at the aligned positions.
     - `create_model_card`: TRL's card plus a section naming the teacher, k and the key hyperparameters.
 
-    It also checks the set-up before any model is loaded or step is run (`trl_esr.validation`), skips updates whose
-    gradients are not finite, and checkpoints on SIGINT/SIGTERM (`trl_esr.guards`). With `esr_horizon_guard`, it stops
-    training or grows k when the measured KL beyond k rises (`trl_esr.horizon_guard`).
+    The callbacks skip updates whose gradients are not finite and checkpoint on SIGINT/SIGTERM (`trl_esr.guards`),
+    log the KL before and after k (`esr_diagnostics_steps`, `trl_esr.diagnostics`), and with `esr_horizon_guard`
+    stop training or grow k when the measured KL beyond k rises (`trl_esr.horizon_guard`).
 
     Everything else (model, PEFT and quantized loading, HF and vLLM generation, DeepSpeed/FSDP, logging,
-    checkpointing, the constructor's arguments) is inherited unchanged.
+    checkpointing, TRL's other constructor arguments) is inherited unchanged.
 
     Example:
 
@@ -92,6 +96,9 @@ class ESRDistillTrainer(DistillationTrainer):
             }"""),
     }
 
+    _loss_inputs = None  # the micro-batch `_compute_loss` is on, for the teacher's forward pass
+    _horizon_guard = None  # set with `esr_horizon_guard`
+
     def __init__(
         self,
         model,
@@ -107,23 +114,16 @@ class ESRDistillTrainer(DistillationTrainer):
         tools=None,
         teacher_processing_class=None,
     ):
-        if args is None:
-            model_name = model if isinstance(model, str) else model_id(model)
-            args = ESRConfig(f"{model_name.split('/')[-1]}-ESR")
-        elif not isinstance(args, ESRConfig):
-            raise TypeError(
-                f"`args` must be an `ESRConfig`, got `{type(args).__name__}`. `ESRConfig` takes every field of "
-                "`DistillationConfig` plus the `esr_*` ones: build it with the same keyword arguments."
-            )
+        args = _esr_config(args, model)
         validation.check_models(model, teacher_model, processing_class)
         validation.check_dataset(train_dataset, args, num_processes=args.world_size)  # before loading any model
         self._pairing = TokenizerPairing.detect(args, model, teacher_model, processing_class, teacher_processing_class)
         validation.check_shared_vocabulary(self._pairing, args.min_shared_vocab_fraction)
-        own_teacher = load_teacher(args, teacher_model) if self._pairing.loads_teacher_itself else None
+        own_teacher = self._pairing.load_teacher(args, teacher_model)  # None: TRL loads it
         with building_vllm_engine(args):  # a CPU engine must keep its weights for TRL's weight sync
             super().__init__(
                 model,
-                teacher_model if own_teacher is None else None,  # TRL refuses a teacher with another head size
+                teacher_model if own_teacher is None else None,
                 args=args,
                 train_dataset=train_dataset,
                 eval_dataset=eval_dataset,
@@ -134,19 +134,15 @@ class ESRDistillTrainer(DistillationTrainer):
                 peft_config=peft_config,
                 tools=tools,
             )
-        if own_teacher is not None:
-            self.teacher_model = prepare_teacher(self, own_teacher)
-        if self._pairing.mode == "padded":  # a student head with extra rows must not sample ids the teacher lacks
-            suppress_ids_above(self, self._pairing.vocab_size)
+        self._pairing.attach(self, own_teacher)
         self._teacher_renderer = TeacherPromptRenderer.from_config(
             args, self._pairing, tokenizer_of(self), train_dataset
         )
         self._validate_loaded(train_dataset)
-        self._teacher_prompt = None  # set by `_compute_loss` for `_get_last_hidden_state`
-        self._horizon_guard = None  # set by `_add_diagnostics` with `esr_horizon_guard`
-        self._divergence_loss = make_divergence_loss(
-            args.loss_normalization, args.loss_temperature, vocab_size=self._pairing.vocab_size
-        )
+        self._divergence_loss = self._pairing.divergence_loss(args)
+        self._add_callbacks(args)
+
+    def _add_callbacks(self, args) -> None:
         self.add_callback(NonFiniteUpdateGuard(self, args.max_consecutive_nonfinite_steps))
         if args.save_on_interrupt:
             self.add_callback(CheckpointOnInterrupt(self))
@@ -157,7 +153,7 @@ class ESRDistillTrainer(DistillationTrainer):
         """The `esr/kl_within_k` / `esr/kl_beyond_k` callback, where its full-vocabulary scoring applies."""
         from .diagnostics import callback  # an optional layer: imported only when it is used
 
-        reason = "the tokenizers or head sizes differ" if self._pairing.mode != "same" else None
+        reason = "the tokenizers or head sizes differ" if not self._pairing.full_vocabulary else None
         reason = reason or callback.unavailable_reason(self)
         if reason is not None:
             if args.esr_horizon_guard is not None:
@@ -206,10 +202,7 @@ class ESRDistillTrainer(DistillationTrainer):
             batch["teacher_prompt_ids"], batch["teacher_prompt_mask"] = self._teacher_renderer(
                 prompts, self.accelerator.device
             )
-        if self._pairing.mode == "aligned":  # train only positions the teacher's tokenization also has
-            loss_mask = completion_mask * batch.get(LOSS_MASK_KEY, 1)
-            batch.update(align_batch(self._pairing.aligner, completion_ids, loss_mask, stop_token_ids(self)))
-            batch[LOSS_MASK_KEY] = (batch["teacher_positions"] >= 0).long()
+        self._pairing.prepare_batch(batch, stop_token_ids(self))  # a teacher with another tokenizer: aligned here
         if self.model.training:
             self._count_trained(batch, k, loss_mask=completion_mask * batch.get(LOSS_MASK_KEY, 1))
         return batch
@@ -245,62 +238,25 @@ class ESRDistillTrainer(DistillationTrainer):
         logged["esr/tokens_generated"].append(generated.item())
         logged["esr/tokens_trained"].append(trained.item())
         logged["esr/capped_fraction"].append((capped / rollouts).item())
-        if self._pairing.mode == "aligned":
-            logged["esr/aligned_fraction"].append((trained / alignable.clamp(min=1)).item())
-            logged["esr/shared_vocab_fraction"].append(self._pairing.shared.fraction)
+        for name, value in self._pairing.metrics(trained, alignable).items():
+            logged[name].append(value)
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
-        if self._pairing.mode == "aligned":
-            return self._aligned_loss(unwrapped_student, inputs, num_items_in_batch)
-        if "teacher_prompt_ids" in inputs:
-            self._teacher_prompt = (inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"])
+        self._loss_inputs = inputs  # for the teacher's forward pass, which TRL runs through `_get_last_hidden_state`
         try:
             with replace_divergence_loss(self._divergence_loss):
                 return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
         finally:
-            self._teacher_prompt = None
-
-    def _aligned_loss(self, unwrapped_student, inputs, num_items_in_batch):
-        """The loss for a teacher with another tokenizer (see `trl_esr.cross_tokenizer`)."""
-        completion_width = inputs["completion_ids"].size(1)  # C
-        student_hidden = self._get_last_hidden_state(
-            unwrapped_student,
-            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
-            completion_width,
-        )  # (B, C, H_s)
-        self.teacher_model.eval()
-        unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
-        with torch.no_grad():
-            teacher_hidden = self._forward_redirection(
-                self.teacher_model,
-                unwrapped_teacher,
-                self._get_last_hidden_state,
-                unwrapped_teacher,
-                torch.cat([inputs["teacher_prompt_ids"], inputs["teacher_response_ids"]], dim=1),
-                torch.cat([inputs["teacher_prompt_mask"], inputs["teacher_response_mask"]], dim=1),
-                inputs["teacher_response_ids"].size(1),
-            )  # (B, J, H_t)
-        student_head = unwrapped_student.get_output_embeddings()
-        return aligned_divergence_loss(
-            student_hidden.to(student_head.weight.device),
-            teacher_hidden.to(student_head.weight.device),
-            inputs["teacher_positions"],
-            student_head,
-            unwrapped_teacher.get_output_embeddings(),
-            self._pairing.shared.to(student_head.weight.device),
-            logit_postprocessor(unwrapped_student.config),
-            logit_postprocessor(unwrapped_teacher.config),
-            self.args.loss_temperature,
-            self.args.loss_normalization,
-            num_items_in_batch,
-        )
+            self._loss_inputs = None
 
     def _get_last_hidden_state(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs):
-        # With a teacher view, the teacher's forward pass gets its own prompt before the shared completion.
-        if self._teacher_prompt is not None and unwrapped_model is self.accelerator.unwrap_model(self.teacher_model):
-            input_ids, attention_mask = teacher_inputs(self._teacher_prompt, input_ids, attention_mask, logits_to_keep)
-        return super()._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs)
+        forward = super()._get_last_hidden_state
+        if self._loss_inputs is None or unwrapped_model is not self.accelerator.unwrap_model(self.teacher_model):
+            return forward(unwrapped_model, input_ids, attention_mask, logits_to_keep, **kwargs)
+        # The teacher's forward pass: its own view of the sequence (its prompt rendering, its tokens), per pairing.
+        return self._pairing.teacher_hidden_states(
+            forward, unwrapped_model, self._loss_inputs, input_ids, attention_mask, logits_to_keep, **kwargs
+        )
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         # TRL's card links `dataset_name` to the Hub; local files are named in the ESR section only.
@@ -308,3 +264,16 @@ class ESRDistillTrainer(DistillationTrainer):
         super().create_model_card(model_name=model_name, dataset_name=hub_dataset, tags=tags)
         if self.is_world_process_zero():
             add_esr_details(os.path.join(self.args.output_dir, "README.md"), self, dataset_name)
+
+
+def _esr_config(args: ESRConfig | None, model) -> ESRConfig:
+    """`args`, or TRL's default config named after the model; a plain `DistillationConfig` is refused."""
+    if args is None:
+        model_name = model if isinstance(model, str) else model_id(model)
+        return ESRConfig(f"{model_name.split('/')[-1]}-ESR")
+    if not isinstance(args, ESRConfig):
+        raise TypeError(
+            f"`args` must be an `ESRConfig`, got `{type(args).__name__}`. `ESRConfig` takes every field of "
+            "`DistillationConfig` plus the `esr_*` ones: build it with the same keyword arguments."
+        )
+    return args
