@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from conftest import all_snapshot, trainable_snapshot
+from helpers import record_batches
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
@@ -94,6 +95,33 @@ def test_linear_schedule_continues_after_resume(model_paths, tokenizer, train_da
         k = esr_k_at_step(args, step - 1)
         assert entry["esr/k"] == k and entry["esr/tokens_generated"] == 2 * k, step
     assert [logged[s]["esr/k"] for s in range(1, 7)] == [2, 5, 8, 11, 14, 14]
+
+
+def test_train_never_starts_over_in_an_output_dir_with_checkpoints(
+    model_paths, tokenizer, train_dataset, make_args, tmp_path
+):
+    output_dir = str(tmp_path / "run")
+    args = make_args(max_steps=2, save_strategy="steps", save_steps=2, output_dir=output_dir)
+    make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args).train()
+
+    args = make_args(max_steps=3, save_strategy="steps", save_steps=2, output_dir=output_dir)
+    trainer = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    batches = record_batches(trainer)
+    with pytest.raises(ValueError, match="already holds checkpoint-2") as error:
+        trainer.train()
+    assert batches == [] and trainer.state.global_step == 0  # refused before any rollout
+    message = str(error.value)
+    assert "trainer.train(resume_from_checkpoint=True)" in message and "another `output_dir`" in message
+    assert "checkpoint-* folders" in message and "resume_from_checkpoint=False" in message
+    assert not hasattr(args, "overwrite_output_dir")  # transformers 5 dropped it: the message must not name it
+    assert "overwrite_output_dir" not in message
+
+    trainer.train(resume_from_checkpoint=True)  # the first fix: resume
+    assert trainer.state.global_step == 3
+    args = make_args(max_steps=1, save_strategy="no", output_dir=output_dir)
+    again = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    again.train(resume_from_checkpoint=False)  # starting over on purpose
+    assert again.state.global_step == 1
 
 
 def test_rejects_a_plain_trl_config(model_paths, tokenizer, train_dataset):

@@ -5,6 +5,7 @@ import os
 import textwrap
 
 import torch
+from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationTrainer
 
 from . import validation
@@ -57,6 +58,9 @@ class ESRDistillTrainer(DistillationTrainer):
     - `_get_last_hidden_state`: for the teacher's forward pass inside `_compute_loss`, the teacher's own view of the
       sequence: its rendering of the prompt before the shared response tokens (`teacher_chat_template`, off by
       default), or, for a teacher with another tokenizer, its own tokens, read back at the aligned positions.
+    - `train`: an `output_dir` that already holds checkpoints is never trained over from step 0 by accident: without
+      `resume_from_checkpoint`, it raises before any rollout, naming the latest checkpoint (transformers 5 has no
+      `overwrite_output_dir`; `resume_from_checkpoint=False` starts over on purpose).
     - `create_model_card`: TRL's card plus a section naming the teacher, k and the key hyperparameters.
 
     The callbacks skip updates whose gradients are not finite and checkpoint on SIGINT/SIGTERM (`trl_esr.guards`),
@@ -258,12 +262,32 @@ class ESRDistillTrainer(DistillationTrainer):
             forward, unwrapped_model, self._loss_inputs, input_ids, attention_mask, logits_to_keep, **kwargs
         )
 
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if resume_from_checkpoint is None:
+            _refuse_to_train_over_checkpoints(self.args.output_dir)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         # TRL's card links `dataset_name` to the Hub; local files are named in the ESR section only.
         hub_dataset = None if dataset_name is None or os.path.exists(dataset_name.split(", ")[0]) else dataset_name
         super().create_model_card(model_name=model_name, dataset_name=hub_dataset, tags=tags)
         if self.is_world_process_zero():
             add_esr_details(os.path.join(self.args.output_dir, "README.md"), self, dataset_name)
+
+
+def _refuse_to_train_over_checkpoints(output_dir: str) -> None:
+    """`Trainer.train()` without `resume_from_checkpoint` starts at step 0 even where `output_dir` holds the
+    checkpoints of an earlier run, and overwrites them as it saves: stop and say how to resume or start over."""
+    latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if latest is None:
+        return
+    raise ValueError(
+        f"`output_dir` {output_dir!r} already holds {os.path.basename(latest)} from an earlier run, and "
+        "`trainer.train()` would start over from step 0 and overwrite its checkpoints. Resume it with "
+        "`trainer.train(resume_from_checkpoint=True)` (the latest checkpoint) or a checkpoint path; or start a new "
+        "run in another `output_dir` (or delete its checkpoint-* folders). To start over here on purpose, call "
+        "`trainer.train(resume_from_checkpoint=False)`."
+    )
 
 
 def _esr_config(args: ESRConfig | None, model) -> ESRConfig:
