@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-from trl_esr import ESRConfig  # noqa: E402
+from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
 from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained  # noqa: E402
 
 
@@ -67,6 +67,20 @@ def make_args(tmp_path, tokenizer):
         if config_class is not ESRConfig:  # a plain TRL config has no ESR fields
             defaults.pop("esr_k")
         return config_class(**{**defaults, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def make_trainer(model_paths, tokenizer, train_dataset):
+    """Trainer factory: the tiny Qwen2 student and Llama teacher, the word tokenizer and the chat prompts, each
+    overridable by keyword (`model`, `teacher_model`, `train_dataset`, `processing_class`, ...); `trainer_class`
+    builds another trainer (e.g. TRL's `DistillationTrainer`) from the same pieces."""
+
+    def make(args, trainer_class=ESRDistillTrainer, **overrides):
+        pieces = dict(model=model_paths["student"], teacher_model=model_paths["teacher"], train_dataset=train_dataset,
+                      processing_class=tokenizer)  # fmt: skip
+        return trainer_class(args=args, **{**pieces, **overrides})
 
     return make
 

@@ -1,5 +1,7 @@
-"""Test helpers: a spy on the trainer's divergence and a reverse KL written straight from its definition."""
+"""Test helpers: a spy on the trainer's divergence, a reverse KL written straight from its definition, lookups of a
+trainer's callbacks by type, and the fields ESR adds to TRL's config."""
 
+import dataclasses
 import inspect
 
 import torch
@@ -51,3 +53,18 @@ def record_batches(trainer) -> list[dict]:
 
     trainer._generate_and_score_completions = recording
     return batches
+
+
+def callbacks_of(trainer, callback_type: type) -> list:
+    """The trainer's callbacks of `callback_type` (subclasses included), in the order they run."""
+    return [callback for callback in trainer.callback_handler.callbacks if isinstance(callback, callback_type)]
+
+
+def esr_fields() -> list[str]:
+    """The fields `ESRConfig` adds to TRL's `DistillationConfig`, in declaration order."""
+    from trl import DistillationConfig
+
+    from trl_esr import ESRConfig
+
+    trl_fields = {field.name for field in dataclasses.fields(DistillationConfig)}
+    return [field.name for field in dataclasses.fields(ESRConfig) if field.name not in trl_fields]

@@ -1,13 +1,13 @@
 import dataclasses
 
 import pytest
+from helpers import esr_fields
 from trl import DistillationConfig, TrlParser
 
 from trl_esr import ESRConfig
 
 
-ESR_FIELDS = ["esr_k", "esr_k_schedule", "esr_k_start", "esr_k_warmup_steps", "esr_mode", "loss_temperature",
-              "loss_normalization"]  # fmt: skip
+ESR_FIELDS = esr_fields()  # every field ESRConfig adds to DistillationConfig
 
 
 def make(**kwargs) -> ESRConfig:
@@ -166,7 +166,7 @@ def test_grpo_fields_are_not_distillation_fields():
     for name in ("num_generations", "max_prompt_length", "generation_batch_size", "steps_per_generation", "lmbda"):
         with pytest.raises(TypeError, match=name):
             make(**{name: 4})
-        with pytest.raises(ValueError, match=f"not used by the HfArgumentParser: \[.--{name}."):
+        with pytest.raises(ValueError, match=rf"not used by the HfArgumentParser: \[.--{name}."):
             TrlParser((ESRConfig,)).parse_args_and_config(
                 ["--output_dir", "x", "--use_cpu", "--bf16", "false", f"--{name}", "4"]
             )

@@ -4,6 +4,8 @@ fails when a help string, default or field changed without regenerating it."""
 import importlib.util
 from pathlib import Path
 
+from helpers import esr_fields
+
 from trl_esr import ESRConfig
 
 
@@ -25,9 +27,8 @@ def test_configuration_docs_are_up_to_date():
 
 def test_every_esr_option_and_its_help_is_documented():
     text = (ROOT / "docs" / "configuration.md").read_text()
-    esr_options = ["esr_k", "esr_k_schedule", "esr_k_start", "esr_k_warmup_steps", "esr_mode", "loss_temperature"]
     script_options = ["dataset_files", "prompt_column", "system_prompt", "teacher_load_in_4bit"]
-    for name in [*esr_options, "loss_normalization", *script_options]:
+    for name in [*esr_fields(), *script_options]:
         assert f"| `{name}` |" in text
     help_text = ESRConfig.__dataclass_fields__["esr_mode"].metadata["help"]
     assert help_text in text

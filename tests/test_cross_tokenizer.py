@@ -6,7 +6,6 @@ from helpers import DivergenceSpy, record_batches
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from trl_esr import ESRDistillTrainer
 from trl_esr.cross_tokenizer import Aligner, SharedVocabulary
 from trl_esr.tiny_models import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_causal_lm, save_pretrained
 
@@ -61,22 +60,13 @@ def test_shared_vocabulary(bpe_tokenizer, tokenizer):
     assert same.student_ids.tolist() == same.teacher_ids.tolist() == list(range(len(tokenizer)))
 
 
-def train(student, teacher, student_tokenizer, dataset, args, teacher_tokenizer=None):
-    return ESRDistillTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=student_tokenizer,
-        teacher_processing_class=teacher_tokenizer,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
-def test_identical_tokenizers_through_the_aligned_path_match_the_fast_path(
-    normalization, model_paths, tokenizer, train_dataset, make_args
-):
+def test_identical_tokenizers_through_the_aligned_path_match_the_fast_path(normalization, make_trainer, make_args):
     losses = {}
     for alignment in ("auto", "always"):
         args = make_args(max_steps=1, suppress_eos=False, esr_k=10, loss_normalization=normalization,
                          tokenizer_alignment=alignment, gradient_accumulation_steps=2)  # fmt: skip
-        trainer = train(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+        trainer = make_trainer(args)
         assert trainer._pairing.mode == ("same" if alignment == "auto" else "aligned")
         batches = record_batches(trainer)
         trainer.train()
@@ -88,14 +78,13 @@ def test_identical_tokenizers_through_the_aligned_path_match_the_fast_path(
     assert losses["always"] == pytest.approx(losses["auto"], rel=1e-5)
 
 
-def test_a_teacher_with_another_tokenizer_trains(bpe_tokenizer, model_paths, tokenizer, train_dataset, make_args,
-                                                  tmp_path):  # fmt: skip
+def test_a_teacher_with_another_tokenizer_trains(bpe_tokenizer, make_trainer, tokenizer, make_args, tmp_path):
     # BPE student (whose words split into pieces the word-level teacher doesn't have) <- word-level Llama teacher
     student = save_pretrained(build_tiny_causal_lm(bpe_tokenizer, "llama", seed=3), bpe_tokenizer, tmp_path / "bpe")
     k = 6
     args = make_args(max_steps=3, esr_k=k, learning_rate=1e-2, min_shared_vocab_fraction=0.02,
                      generation_kwargs={"suppress_tokens": [bpe_tokenizer.eos_token_id]})  # fmt: skip
-    trainer = train(student, model_paths["teacher"], bpe_tokenizer, train_dataset, args)
+    trainer = make_trainer(args, model=student, processing_class=bpe_tokenizer)
     assert trainer._pairing.mode == "aligned"
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
     student_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -119,18 +108,17 @@ def test_a_teacher_with_another_tokenizer_trains(bpe_tokenizer, model_paths, tok
     assert all(torch.equal(p, teacher_before[n]) for n, p in trainer.teacher_model.named_parameters())
 
 
-def test_teacher_without_chat_template_is_refused(bpe_tokenizer, tokenizer, model_paths, train_dataset, make_args,
-                                                  tmp_path):  # fmt: skip
+def test_teacher_without_chat_template_is_refused(bpe_tokenizer, make_trainer, make_args, tmp_path):
     teacher_tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer.backend_tokenizer, eos_token="<eos>",
                                                 pad_token="<pad>")  # fmt: skip
     teacher = save_pretrained(build_tiny_causal_lm(teacher_tokenizer, "llama"), teacher_tokenizer, tmp_path / "t")
     args = make_args(min_shared_vocab_fraction=0.0)
     with pytest.raises(ValueError, match="has no chat template to render the chat prompts"):
-        train(model_paths["student"], teacher, tokenizer, train_dataset, args, teacher_tokenizer=teacher_tokenizer)
+        make_trainer(args, teacher_model=teacher, teacher_processing_class=teacher_tokenizer)
 
 
 @pytest.mark.parametrize("padded", ["teacher", "student"])
-def test_same_tokenizer_with_a_padded_head(padded, tokenizer, train_dataset, make_args, tmp_path):
+def test_same_tokenizer_with_a_padded_head(padded, make_trainer, tokenizer, make_args, tmp_path):
     """Same tokens, one head with extra unused rows (like Qwen2.5's 151,936 vs 152,064): the fast path runs with both
     heads cut to the rows tokens use, and a padded student never samples an id the teacher lacks."""
     models = {}
@@ -140,7 +128,7 @@ def test_same_tokenizer_with_a_padded_head(padded, tokenizer, train_dataset, mak
             model.resize_token_embeddings(len(tokenizer) + 8)
         models[name] = save_pretrained(model, tokenizer, tmp_path / name)
     args = make_args(max_steps=2, suppress_eos=False)
-    trainer = train(models["student"], models["teacher"], tokenizer, train_dataset, args)
+    trainer = make_trainer(args, model=models["student"], teacher_model=models["teacher"])
     assert trainer._pairing.mode == "padded" and trainer._pairing.vocab_size == len(tokenizer)
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
     trainer.train()
@@ -151,14 +139,11 @@ def test_same_tokenizer_with_a_padded_head(padded, tokenizer, train_dataset, mak
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
 
 
-def test_lora_student_through_the_aligned_path(model_paths, tokenizer, train_dataset, make_args):
+def test_lora_student_through_the_aligned_path(make_trainer, make_args):
     from peft import LoraConfig
 
     args = make_args(max_steps=2, tokenizer_alignment="always", learning_rate=1e-2)
-    trainer = ESRDistillTrainer(
-        model=model_paths["student"], teacher_model=model_paths["teacher"], args=args, train_dataset=train_dataset,
-        processing_class=tokenizer, peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
-    )  # fmt: skip
+    trainer = make_trainer(args, peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}

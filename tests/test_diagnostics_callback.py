@@ -3,29 +3,24 @@
 import pytest
 import torch
 from conftest import trainable_snapshot
+from helpers import callbacks_of
 from peft import LoraConfig
 
-from trl_esr import ESRDistillTrainer
 from trl_esr.diagnostics import ESRDiagnosticsCallback, PositionStats, kl_within_and_beyond
 
 
 KEYS = ("esr/kl_within_k", "esr/kl_beyond_k")
 
 
-def make_trainer(model_paths, tokenizer, train_dataset, args, **kwargs):
-    return ESRDistillTrainer(
-        model=model_paths["student"], teacher_model=model_paths["teacher"], args=args, train_dataset=train_dataset,
-        processing_class=tokenizer, **kwargs,
-    )  # fmt: skip
-
-
 def steps_with(trainer, key: str) -> list[int]:
     return [entry["step"] for entry in trainer.state.log_history if key in entry]
 
 
-def test_metrics_logged_at_the_interval_even_off_the_logging_grid(model_paths, tokenizer, train_dataset, make_args):
+def test_metrics_logged_at_the_interval_even_off_the_logging_grid(make_trainer, make_args):
     # logging every 3 steps, diagnostics every 2: the callback must still land at steps 2 and 4.
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, make_args(max_steps=4, logging_steps=3))
+    trainer = make_trainer(make_args(max_steps=4, logging_steps=3))
+    (default,) = callbacks_of(trainer, ESRDiagnosticsCallback)  # the trainer's own, every `esr_diagnostics_steps`
+    assert default.every_n_steps == trainer.args.esr_diagnostics_steps == 200
     trainer.add_callback(ESRDiagnosticsCallback(trainer, every_n_steps=2, num_rollouts=3))
     trainer.train()
     for key in KEYS:
@@ -37,11 +32,11 @@ def test_metrics_logged_at_the_interval_even_off_the_logging_grid(model_paths, t
     assert trainer.model.training
 
 
-def test_callback_leaves_training_unchanged(model_paths, tokenizer, train_dataset, make_args):
+def test_callback_leaves_training_unchanged(make_trainer, make_args):
     """Sampling under a forked RNG: the same seed trains to the same weights with or without the callback."""
     runs = []
     for attach in (False, True):
-        trainer = make_trainer(model_paths, tokenizer, train_dataset, make_args(max_steps=2))
+        trainer = make_trainer(make_args(max_steps=2))
         if attach:
             trainer.add_callback(ESRDiagnosticsCallback(trainer, every_n_steps=1, num_rollouts=2))
         trainer.train()
@@ -57,10 +52,10 @@ def test_callback_leaves_training_unchanged(model_paths, tokenizer, train_datase
         assert torch.equal(param, with_callback.model.get_parameter(name)), name
 
 
-def test_peft_student_and_no_horizon(model_paths, tokenizer, train_dataset, make_args):
+def test_peft_student_and_no_horizon(make_trainer, make_args):
     """A LoRA-wrapped student works, and with `esr_k=None` only `kl_within_k` (over every position) is logged."""
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, make_args(max_steps=2, esr_k=None), peft_config=lora)
+    trainer = make_trainer(make_args(max_steps=2, esr_k=None), peft_config=lora)
     callback = ESRDiagnosticsCallback(trainer, every_n_steps=2, num_rollouts=2)
     trainer.add_callback(callback)
     trainer.train()
@@ -82,7 +77,7 @@ def test_kl_within_and_beyond_is_token_weighted():
     assert kl_within_and_beyond(stats, 4)[1] is None  # no rollout reaches position 4
 
 
-def test_rejects_bad_interval(model_paths, tokenizer, train_dataset, make_args):
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, make_args())
+def test_rejects_bad_interval(make_trainer, make_args):
+    trainer = make_trainer(make_args())
     with pytest.raises(ValueError, match="every_n_steps"):
         ESRDiagnosticsCallback(trainer, every_n_steps=0)

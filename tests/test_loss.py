@@ -8,21 +8,11 @@ from trl import DistillationConfig, DistillationTrainer
 from trl_esr import ESRDistillTrainer
 
 
-def make_trainer(model_paths, tokenizer, train_dataset, args, trainer_class=ESRDistillTrainer):
-    return trainer_class(
-        model=model_paths["student"],
-        teacher_model=model_paths["teacher"],
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-    )
-
-
-def run_one_window(model_paths, tokenizer, train_dataset, make_args, **overrides):
+def run_one_window(make_trainer, make_args, **overrides):
     """One optimizer step of 2 micro-batches x 2 rollouts, EOS allowed so rollouts differ in length."""
     args = make_args(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=1, esr_k=10,
                      suppress_eos=False, **overrides)  # fmt: skip
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     spy = DivergenceSpy(trainer)
     trainer.train()
     assert len(spy.calls) == 2
@@ -31,8 +21,8 @@ def run_one_window(model_paths, tokenizer, train_dataset, make_args, **overrides
     return spy.calls, lengths
 
 
-def test_token_normalization_divides_by_trained_tokens_of_the_window(model_paths, tokenizer, train_dataset, make_args):
-    calls, lengths = run_one_window(model_paths, tokenizer, train_dataset, make_args, loss_normalization="token")
+def test_token_normalization_divides_by_trained_tokens_of_the_window(make_trainer, make_args):
+    calls, lengths = run_one_window(make_trainer, make_args, loss_normalization="token")
     window_tokens = lengths.sum().item()
     for call in calls:
         assert call["num_items_in_batch"] == window_tokens  # one process: TRL divides by 1
@@ -40,8 +30,8 @@ def test_token_normalization_divides_by_trained_tokens_of_the_window(model_paths
         torch.testing.assert_close(call["loss"], per_token.sum() / window_tokens, rtol=1e-4, atol=1e-6)
 
 
-def test_sequence_normalization_is_mean_of_per_rollout_means(model_paths, tokenizer, train_dataset, make_args):
-    calls, lengths = run_one_window(model_paths, tokenizer, train_dataset, make_args, loss_normalization="sequence")
+def test_sequence_normalization_is_mean_of_per_rollout_means(make_trainer, make_args):
+    calls, lengths = run_one_window(make_trainer, make_args, loss_normalization="sequence")
     rollout_means = []
     for call in calls:
         assert call["num_items_in_batch"] == 4  # rollouts in the window
@@ -53,10 +43,10 @@ def test_sequence_normalization_is_mean_of_per_rollout_means(model_paths, tokeni
     assert window_loss.item() != pytest.approx(token_mean.item(), rel=1e-3)  # the two reductions really differ
 
 
-def test_mask_mode_trains_only_first_k_tokens(model_paths, tokenizer, train_dataset, make_args):
+def test_mask_mode_trains_only_first_k_tokens(make_trainer, make_args):
     k = 5
     args = make_args(esr_k=k, esr_mode="mask", max_completion_length=16, max_steps=1, per_device_train_batch_size=3)
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
     trainer.train()
     (call,), (batch,) = spy.calls, batches
@@ -81,10 +71,10 @@ def fixed_batch(tokenizer, generator_seed=0):
     }
 
 
-def test_loss_temperature_and_sampling_temperature_are_independent(model_paths, tokenizer, train_dataset, make_args):
+def test_loss_temperature_and_sampling_temperature_are_independent(make_trainer, tokenizer, make_args):
     def loss_and_samples(temperature, loss_temperature):
         args = make_args(temperature=temperature, loss_temperature=loss_temperature, max_steps=1)
-        trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+        trainer = make_trainer(args)
         batches = record_batches(trainer)
         trainer.train()  # one step at lr 0: the model is unchanged, we only look at the sampled tokens
         trainer.model.eval()
@@ -102,14 +92,14 @@ def test_loss_temperature_and_sampling_temperature_are_independent(model_paths, 
     assert soft_loss != pytest.approx(base_loss, rel=1e-3) and torch.equal(soft_samples, base_samples)
 
 
-def test_disabled_esr_reproduces_trl(model_paths, tokenizer, train_dataset, make_args):
+def test_disabled_esr_reproduces_trl(make_trainer, make_args):
     """esr_k=None, token reduction and one temperature for both: the same losses as plain DistillationTrainer."""
     shared = dict(max_steps=3, gradient_accumulation_steps=2, suppress_eos=False, temperature=0.9, top_p=0.95)
     esr_args = make_args(esr_k=None, loss_normalization="token", loss_temperature=0.9, **shared)
     trl_args = make_args(config_class=DistillationConfig, **shared)
     losses = []
     for args, trainer_class in ((esr_args, ESRDistillTrainer), (trl_args, DistillationTrainer)):
-        trainer = make_trainer(model_paths, tokenizer, train_dataset, args, trainer_class=trainer_class)
+        trainer = make_trainer(args, trainer_class=trainer_class)
         trainer.train()
         losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
     assert len(losses[0]) == 3

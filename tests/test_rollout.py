@@ -3,24 +3,11 @@
 import pytest
 from helpers import record_batches
 
-from trl_esr import ESRDistillTrainer
-
-
-def make_trainer(model_paths, tokenizer, train_dataset, args, **kwargs):
-    return ESRDistillTrainer(
-        model=model_paths["student"],
-        teacher_model=model_paths["teacher"],
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-        **kwargs,
-    )
-
 
 @pytest.mark.parametrize("k", [1, 5, 16])
-def test_training_rollouts_stop_at_k(k, model_paths, tokenizer, train_dataset, make_args):
+def test_training_rollouts_stop_at_k(k, make_trainer, make_args):
     args = make_args(esr_k=k, max_completion_length=24, gradient_accumulation_steps=2)
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     batches = record_batches(trainer)
     trainer.train()
 
@@ -35,18 +22,18 @@ def test_training_rollouts_stop_at_k(k, model_paths, tokenizer, train_dataset, m
     assert [entry["esr/capped_fraction"] for entry in logs] == [1.0, 1.0]
 
 
-def test_full_rollout_reaches_max_completion_length(model_paths, tokenizer, train_dataset, make_args):
+def test_full_rollout_reaches_max_completion_length(make_trainer, make_args):
     args = make_args(esr_k=None, max_completion_length=24)
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     batches = record_batches(trainer)
     trainer.train()
     assert all(batch["completion_mask"].sum(dim=1).tolist() == [24, 24] for batch in batches)
     assert trainer.state.log_history[0]["esr/k"] == 24
 
 
-def test_evaluation_is_not_capped_and_cap_is_restored(model_paths, tokenizer, train_dataset, make_args):
+def test_evaluation_is_not_capped_and_cap_is_restored(make_trainer, train_dataset, make_args):
     args = make_args(esr_k=4, max_completion_length=20, per_device_eval_batch_size=2)
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, eval_dataset=train_dataset.select(range(4)))
+    trainer = make_trainer(args, eval_dataset=train_dataset.select(range(4)))
     batches = record_batches(trainer)
     trainer.train()
     trainer.evaluate()
@@ -56,10 +43,10 @@ def test_evaluation_is_not_capped_and_cap_is_restored(model_paths, tokenizer, tr
     assert trainer.generation_config.max_new_tokens == 20  # the training cap did not leak
 
 
-def test_capped_fraction_counts_rollouts_that_did_not_end(model_paths, tokenizer, train_dataset, make_args):
+def test_capped_fraction_counts_rollouts_that_did_not_end(make_trainer, tokenizer, make_args):
     # EOS allowed: a random tiny model ends some rollouts early; capped = the ones still running at k.
     args = make_args(esr_k=6, suppress_eos=False, per_device_train_batch_size=8, max_steps=1)
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     batches = record_batches(trainer)
     trainer.train()
     (batch,) = batches

@@ -7,7 +7,6 @@ import torch
 from datasets import Dataset
 from helpers import DivergenceSpy
 
-from trl_esr import ESRDistillTrainer
 from trl_esr.tiny_models import CHAT_TEMPLATE, build_tiny_causal_lm, save_pretrained
 
 
@@ -20,11 +19,8 @@ def capture_input_ids(model) -> list[torch.Tensor]:
     return seen
 
 
-def train_one_step(model_paths, tokenizer, dataset, args, teacher=None):
-    trainer = ESRDistillTrainer(
-        model=model_paths["student"], teacher_model=teacher or model_paths["teacher"], args=args,
-        train_dataset=dataset, processing_class=tokenizer,
-    )  # fmt: skip
+def train_one_step(make_trainer, tokenizer, dataset, args, **overrides):
+    trainer = make_trainer(args, train_dataset=dataset, processing_class=tokenizer, **overrides)
     student_inputs, teacher_inputs = capture_input_ids(trainer.model), capture_input_ids(trainer.teacher_model)
     spy = DivergenceSpy(trainer)
     trainer.train()
@@ -40,67 +36,63 @@ def one_prompt_dataset():
     return Dataset.from_dict({"prompt": [[{"role": "user", "content": "w1 w2 w3"}]] * 2})
 
 
-def test_teacher_template_string(model_paths, tokenizer, one_prompt_dataset, make_args):
+def test_teacher_template_string(make_trainer, tokenizer, one_prompt_dataset, make_args):
     args = make_args(max_steps=1, esr_k=4, teacher_chat_template=CHAT_TEMPLATE + " w39")
-    student_ids, teacher_ids, _ = train_one_step(model_paths, tokenizer, one_prompt_dataset, args)
+    student_ids, teacher_ids, _ = train_one_step(make_trainer, tokenizer, one_prompt_dataset, args)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "w1 w2 w3"}], add_generation_prompt=True)
     completion = student_ids[0, -4:].tolist()
     assert unpadded(student_ids[0], tokenizer.pad_token_id) == prompt["input_ids"] + completion
     assert teacher_ids[0].tolist() == prompt["input_ids"] + [tokenizer.convert_tokens_to_ids("w39")] + completion
 
 
-def test_template_kwargs_like_qwen3_non_thinking(model_paths, tokenizer, one_prompt_dataset, make_args, tmp_path):
+def test_template_kwargs_like_qwen3_non_thinking(make_trainer, tokenizer, one_prompt_dataset, make_args):
     # A template that, like Qwen3's, opens an empty thinking block when `enable_thinking=False`.
     thinking = copy.deepcopy(tokenizer)
     thinking.chat_template = CHAT_TEMPLATE.replace(
         "<|assistant|>{% endif %}", "<|assistant|>{% if enable_thinking is false %} w38 w39{% endif %}{% endif %}"
     )
     args = make_args(max_steps=1, esr_k=4, teacher_chat_template_kwargs={"enable_thinking": False})
-    student_ids, teacher_ids, _ = train_one_step(model_paths, thinking, one_prompt_dataset, args)
+    student_ids, teacher_ids, _ = train_one_step(make_trainer, thinking, one_prompt_dataset, args)
     think_block = tokenizer.convert_tokens_to_ids(["w38", "w39"])
     assert teacher_ids[0].tolist() == unpadded(student_ids[0], tokenizer.pad_token_id)[:-4] + think_block + \
         student_ids[0, -4:].tolist()  # fmt: skip
 
 
-def test_teachers_own_template(model_paths, tokenizer, one_prompt_dataset, make_args, tmp_path):
+def test_teachers_own_template(make_trainer, tokenizer, one_prompt_dataset, make_args, tmp_path):
     teacher_tokenizer = copy.deepcopy(tokenizer)
     teacher_tokenizer.chat_template = CHAT_TEMPLATE.replace("prompt %}<|assistant|>", "prompt %}<|system|>")
     teacher = save_pretrained(build_tiny_causal_lm(teacher_tokenizer, "llama", seed=1), teacher_tokenizer,
                               tmp_path / "teacher")  # fmt: skip
     args = make_args(max_steps=1, esr_k=4, teacher_chat_template="teacher")
-    student_ids, teacher_ids, _ = train_one_step(model_paths, tokenizer, one_prompt_dataset, args, teacher=teacher)
+    student_ids, teacher_ids, _ = train_one_step(
+        make_trainer, tokenizer, one_prompt_dataset, args, teacher_model=teacher
+    )
     assert tokenizer.convert_tokens_to_ids("<|system|>") in teacher_ids[0].tolist()
     assert tokenizer.convert_tokens_to_ids("<|system|>") not in student_ids[0].tolist()
     assert torch.equal(teacher_ids[:, -4:], student_ids[:, -4:])
 
 
-def test_same_rendering_gives_the_same_loss(model_paths, tokenizer, train_dataset, make_args):
+def test_same_rendering_gives_the_same_loss(make_trainer, tokenizer, train_dataset, make_args):
     """The teacher view with the student's own template must reproduce the default path exactly."""
-    _, _, default_loss = train_one_step(model_paths, tokenizer, train_dataset, make_args(max_steps=1))
+    _, _, default_loss = train_one_step(make_trainer, tokenizer, train_dataset, make_args(max_steps=1))
     args = make_args(max_steps=1, teacher_chat_template=CHAT_TEMPLATE)
-    _, _, view_loss = train_one_step(model_paths, tokenizer, train_dataset, args)
+    _, _, view_loss = train_one_step(make_trainer, tokenizer, train_dataset, args)
     assert view_loss.item() == pytest.approx(default_loss.item(), rel=1e-6)
     args = make_args(max_steps=1, teacher_chat_template=CHAT_TEMPLATE + " w39")
-    _, _, other_loss = train_one_step(model_paths, tokenizer, train_dataset, args)
+    _, _, other_loss = train_one_step(make_trainer, tokenizer, train_dataset, args)
     assert other_loss.item() != pytest.approx(default_loss.item(), rel=1e-4)
 
 
-def test_plain_text_prompts_are_refused(model_paths, tokenizer, make_args):
+def test_plain_text_prompts_are_refused(make_trainer, make_args):
     dataset = Dataset.from_dict({"prompt": ["w1 w2", "w3 w4"]})
     with pytest.raises(ValueError, match="apply to chat prompts"):
-        ESRDistillTrainer(
-            model=model_paths["student"], teacher_model=model_paths["teacher"], train_dataset=dataset,
-            args=make_args(teacher_chat_template_kwargs={"x": 1}), processing_class=tokenizer,
-        )  # fmt: skip
+        make_trainer(make_args(teacher_chat_template_kwargs={"x": 1}), train_dataset=dataset)
 
 
-def test_diagnostics_score_with_the_teachers_view(model_paths, tokenizer, one_prompt_dataset, make_args):
+def test_diagnostics_score_with_the_teachers_view(make_trainer, tokenizer, one_prompt_dataset, make_args):
     args = make_args(max_steps=2, esr_k=4, teacher_chat_template=CHAT_TEMPLATE + " w39", esr_diagnostics_steps=2,
                      esr_diagnostics_num_rollouts=2)  # fmt: skip
-    trainer = ESRDistillTrainer(
-        model=model_paths["student"], teacher_model=model_paths["teacher"], args=args,
-        train_dataset=one_prompt_dataset, processing_class=tokenizer,
-    )  # fmt: skip
+    trainer = make_trainer(args, train_dataset=one_prompt_dataset)
     teacher_inputs = capture_input_ids(trainer.teacher_model)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "esr/kl_within_k" in entry]

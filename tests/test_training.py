@@ -12,26 +12,19 @@ from helpers import record_batches
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
-from trl_esr import ESRDistillTrainer, esr_k_at_step
+from trl_esr import esr_k_at_step
 from trl_esr.tiny_models import save_pretrained
 
 
-def make_trainer(student, teacher, tokenizer, train_dataset, args, **kwargs):
-    return ESRDistillTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-        **kwargs,
-    )  # fmt: skip
-
-
-def test_self_distillation_has_zero_loss(model_paths, tokenizer, train_dataset, make_args):
+def test_self_distillation_has_zero_loss(make_trainer, model_paths, make_args):
     args = make_args(max_steps=2)
-    trainer = make_trainer(model_paths["student"], model_paths["student"], tokenizer, train_dataset, args)
+    trainer = make_trainer(args, teacher_model=model_paths["student"])
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and max(abs(loss) for loss in losses) < 1e-6
 
 
-def test_perturbed_teacher_moves_student_and_never_itself(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+def test_perturbed_teacher_moves_student_and_never_itself(make_trainer, model_paths, tokenizer, make_args, tmp_path):
     teacher = AutoModelForCausalLM.from_pretrained(model_paths["student"])
     with torch.no_grad():
         for param in teacher.parameters():
@@ -39,8 +32,7 @@ def test_perturbed_teacher_moves_student_and_never_itself(model_paths, tokenizer
     teacher_path = save_pretrained(teacher, tokenizer, tmp_path / "perturbed")
     args = make_args(max_steps=3, learning_rate=1e-2)
     # a saved Qwen2 folder would load as `Qwen2Tokenizer`, which breaks the word-level test tokenizer
-    trainer = make_trainer(model_paths["student"], teacher_path, tokenizer, train_dataset, args,
-                           teacher_processing_class=tokenizer)  # fmt: skip
+    trainer = make_trainer(args, teacher_model=teacher_path, teacher_processing_class=tokenizer)
     student_before, teacher_before = trainable_snapshot(trainer.model), all_snapshot(trainer.teacher_model)
     trainer.train()
 
@@ -51,13 +43,10 @@ def test_perturbed_teacher_moves_student_and_never_itself(model_paths, tokenizer
         assert torch.equal(before, trainer.teacher_model.get_parameter(name)), f"teacher {name} changed"
 
 
-def test_lora_trains_adapters_only_and_resumes_from_checkpoint(
-    model_paths, tokenizer, train_dataset, make_args, tmp_path
-):
+def test_lora_trains_adapters_only_and_resumes_from_checkpoint(make_trainer, model_paths, make_args, tmp_path):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     args = make_args(max_steps=2, save_strategy="steps", save_steps=2, output_dir=str(tmp_path / "lora"))
-    trainer = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args,
-                           peft_config=lora)  # fmt: skip
+    trainer = make_trainer(args, peft_config=lora)
     before = all_snapshot(trainer.model)
     trainer.train()
 
@@ -71,22 +60,21 @@ def test_lora_trains_adapters_only_and_resumes_from_checkpoint(
     assert "**k = 8**" in card and model_paths["teacher"] in card  # our ESR section
 
     args = make_args(max_steps=4, save_strategy="steps", save_steps=2, output_dir=str(tmp_path / "lora"))
-    resumed = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args,
-                           peft_config=lora)  # fmt: skip
+    resumed = make_trainer(args, peft_config=lora)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4
     assert [entry["step"] for entry in resumed.state.log_history if "loss" in entry][-2:] == [3, 4]
     assert (tmp_path / "lora" / "checkpoint-4").is_dir()
 
 
-def test_linear_schedule_continues_after_resume(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+def test_linear_schedule_continues_after_resume(make_trainer, make_args, tmp_path):
     schedule = dict(esr_k=14, esr_k_start=2, esr_k_warmup_steps=4, esr_k_schedule="linear", max_completion_length=16)
     output_dir = str(tmp_path / "sched")
     args = make_args(max_steps=3, save_strategy="steps", save_steps=3, output_dir=output_dir, **schedule)
-    first = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    first = make_trainer(args)
     first.train()
     args = make_args(max_steps=6, save_strategy="no", output_dir=output_dir, **schedule)
-    resumed = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    resumed = make_trainer(args)
     resumed.train(resume_from_checkpoint=os.path.join(output_dir, "checkpoint-3"))
 
     logged = {entry["step"]: entry for t in (first, resumed) for entry in t.state.log_history if "esr/k" in entry}
@@ -97,15 +85,13 @@ def test_linear_schedule_continues_after_resume(model_paths, tokenizer, train_da
     assert [logged[s]["esr/k"] for s in range(1, 7)] == [2, 5, 8, 11, 14, 14]
 
 
-def test_train_never_starts_over_in_an_output_dir_with_checkpoints(
-    model_paths, tokenizer, train_dataset, make_args, tmp_path
-):
+def test_train_never_starts_over_in_an_output_dir_with_checkpoints(make_trainer, make_args, tmp_path):
     output_dir = str(tmp_path / "run")
     args = make_args(max_steps=2, save_strategy="steps", save_steps=2, output_dir=output_dir)
-    make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args).train()
+    make_trainer(args).train()
 
     args = make_args(max_steps=3, save_strategy="steps", save_steps=2, output_dir=output_dir)
-    trainer = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     batches = record_batches(trainer)
     with pytest.raises(ValueError, match="already holds checkpoint-2") as error:
         trainer.train()
@@ -119,24 +105,22 @@ def test_train_never_starts_over_in_an_output_dir_with_checkpoints(
     trainer.train(resume_from_checkpoint=True)  # the first fix: resume
     assert trainer.state.global_step == 3
     args = make_args(max_steps=1, save_strategy="no", output_dir=output_dir)
-    again = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    again = make_trainer(args)
     again.train(resume_from_checkpoint=False)  # starting over on purpose
     assert again.state.global_step == 1
 
 
-def test_rejects_a_plain_trl_config(model_paths, tokenizer, train_dataset):
+def test_rejects_a_plain_trl_config(make_trainer):
     from trl import DistillationConfig
 
     args = DistillationConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
     with pytest.raises(TypeError, match="ESRConfig"):
-        make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+        make_trainer(args)
 
 
-def test_model_card_links_hub_datasets_and_names_local_ones(
-    model_paths, tokenizer, train_dataset, make_args, tmp_path
-):
+def test_model_card_links_hub_datasets_and_names_local_ones(make_trainer, make_args, tmp_path):
     args = make_args(output_dir=str(tmp_path / "card"))
-    trainer = make_trainer(model_paths["student"], model_paths["teacher"], tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     trainer.create_model_card(dataset_name="my-org/prompts")
     card = (tmp_path / "card" / "README.md").read_text()
     assert "on the [my-org/prompts](https://huggingface.co/datasets/my-org/prompts)" in card

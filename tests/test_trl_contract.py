@@ -18,15 +18,9 @@ from trl_esr.loss import make_divergence_loss
 
 
 @pytest.fixture
-def trl_trainer(model_paths, tokenizer, train_dataset, make_args):
-    args = make_args(config_class=DistillationConfig, max_completion_length=24)
-    return DistillationTrainer(
-        model=model_paths["student"],
-        teacher_model=model_paths["teacher"],
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-    )
+def trl_trainer(make_trainer, make_args):
+    """TRL's own trainer on the test models: what the shim is checked against."""
+    return make_trainer(make_args(config_class=DistillationConfig, max_completion_length=24), DistillationTrainer)
 
 
 def batch_with_loss_mask():
