@@ -5,6 +5,7 @@ optimizer steps; only `esr_k` and the guard differ. Wall-clock time runs from th
 excludes the time spent evaluating, but includes the guard's own measurements (they are part of what it costs).
 """
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,7 +132,12 @@ def distill(
     settings: DistillSettings,
     output_dir: str,
 ) -> tuple[RunResult, PreTrainedModel]:
-    """Distil the teacher into the student; returns the measurements and the model the run hands over."""
+    """Distil the teacher into the student; returns the measurements and the model the run hands over.
+
+    `output_dir` belongs to the demo: a previous demo run's checkpoints there are deleted first (the trainer refuses
+    to train over checkpoints it was not told to resume from).
+    """
+    shutil.rmtree(output_dir, ignore_errors=True)
     args = ESRConfig(
         output_dir=output_dir,
         esr_k=k,
