@@ -106,38 +106,46 @@ def bar_check(runs: list[RunResult]) -> tuple[bool, list[str]]:
 
 
 def reading(regime: dict, k: int) -> str:
-    """Plain words, from the numbers: which method ended higher, at what cost, and what the guard did."""
+    """Plain words, from the numbers: how each ESR variant ended against full rollout, at what cost, what the guard
+    did, and which method suits the regime."""
     runs, title = regime["runs"], regime["regime"].title
-    seeds = sorted({r.seed for r in runs})
     by = {m: [r for r in runs if r.method == m] for m in dict.fromkeys(r.method for r in runs)}
     full_m, esr_m, guard_m = list(by)
-    mean = lambda method: sum(r.final_accuracy for r in by[method]) / len(by[method])  # noqa: E731
-    full_acc, esr_acc, guard_acc = mean(full_m), mean(esr_m), mean(guard_m)
-    speed = [compare(r, _full_of(runs, r.seed)) for r in by[esr_m]]
-    peak = [max(runs_point["accuracy"] for runs_point in r.curve) for r in by[esr_m]]
+
+    def mean(method: str) -> float:
+        return sum(r.final_accuracy for r in by[method]) / len(by[method])
+
+    full_acc = mean(full_m)
+    peak = sum(max(p["accuracy"] for p in r.curve) for r in by[esr_m]) / len(by[esr_m])
     text = (
-        f"{title} (means over {len(seeds)} seed(s), student {regime['student_accuracy']:.1%} before): full rollout "
-        f"ends at {full_acc:.1%}, ESR k={k} at {esr_acc:.1%} (its best evaluation {sum(peak) / len(peak):.1%})"
-        f", ESR + guard at {guard_acc:.1%}. "
+        f"{title} (means over {len(by[full_m])} seed(s), student {regime['student_accuracy']:.1%} before): full "
+        f"rollout ends at {full_acc:.1%}, {esr_m} at {mean(esr_m):.1%} (its best evaluation {peak:.1%}), "
+        f"{guard_m} at {mean(guard_m):.1%}. "
     )
-    if esr_acc >= full_acc - BAR_POINTS and all(c["gain"] for c in speed):
-        low, high = min(c["speedup"] for c in speed), max(c["speedup"] for c in speed)
-        text += (
-            f"ESR reaches its final accuracy in {1 / high:.2f}-{1 / low:.2f}x the training time full rollout needs "
-            "for it. "
-        )
-    elif esr_acc >= full_acc - BAR_POINTS:
-        text += "Neither method gains much over the starting student here. "
-    else:
-        text += f"ESR ends {full_acc - esr_acc:.1%} below full rollout: in this regime full rollout wins. "
+    suits = []
+    for label, method in (("ESR trained to the end", esr_m), ("ESR + guard", guard_m)):
+        costs = [compare(r, _full_of(runs, r.seed)) for r in by[method]]
+        if not all(c["gain"] for c in costs):
+            text += f"{label} does not improve on the starting student. "
+        elif mean(method) >= full_acc - BAR_POINTS:
+            times, tokens = [c["speedup"] for c in costs], [c["token_ratio"] for c in costs]
+            text += (
+                f"{label} ends within {BAR_POINTS:.0%} of full rollout (or above) and reaches its accuracy with "
+                f"{min(times):.1f}-{max(times):.1f}x less training time and {min(tokens):.1f}-{max(tokens):.1f}x "
+                "fewer generated tokens than full rollout needs for the same accuracy. "
+            )
+            suits.append(min(times) >= 1)
+        else:
+            text += f"{label} ends {full_acc - mean(method):.1%} below full rollout. "
     stops = [r for r in by[guard_m] if r.stopped_at is not None]
     kept = [r.kept_step for r in by[guard_m] if r.kept_step is not None]
     text += (
         f"The guard stopped {len(stops)} of {len(by[guard_m])} run(s)"
         + (f" (at step {', '.join(str(r.stopped_at) for r in stops)})" if stops else "")
         + (f" and kept the checkpoint of step {', '.join(map(str, kept))}" if kept else "")
-        + f"; keeping it changed the result by {guard_acc - esr_acc:+.1%} against ESR trained to the end."
+        + f"; the kept checkpoints score {mean(guard_m) - mean(esr_m):+.1%} against ESR's last step. "
     )
+    text += "ESR suits this regime." if any(suits) else "Full rollout suits this regime: ESR does not match it here."
     return text
 
 
