@@ -145,7 +145,16 @@ def reading(regime: dict, k: int) -> str:
         + (f" and kept the checkpoint of step {', '.join(map(str, kept))}" if kept else "")
         + f"; the kept checkpoints score {mean(guard_m) - mean(esr_m):+.1%} against ESR's last step. "
     )
-    text += "ESR suits this regime." if any(suits) else "Full rollout suits this regime: ESR does not match it here."
+    if any(suits):
+        text += "ESR suits this regime."
+    elif full_acc <= regime["student_accuracy"]:
+        lost_full, lost_esr = regime["student_accuracy"] - full_acc, regime["student_accuracy"] - mean(esr_m)
+        text += (
+            f"Neither method improves on the starting student in {by[full_m][0].curve[-1]['step']} steps; full "
+            f"rollout loses {lost_full:.1%}, ESR {lost_esr:.1%}."
+        )
+    else:
+        text += "Full rollout suits this regime: ESR does not match it here."
     return text
 
 
