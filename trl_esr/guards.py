@@ -12,7 +12,7 @@ import threading
 import torch
 from transformers import TrainerCallback
 
-from ._trl_compat import metrics
+from ._trl_compat import generation_config, metrics
 
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class NonFiniteUpdateGuard(TrainerCallback):
         self.saved_before_streak = None  # the newest written before the update that preceded the current streak
         self.nonfinite_weights = False
         self.nonfinite_engine_step = None  # the step whose rollouts came from a non-finite vLLM engine
-        trainer.generation_config.remove_invalid_values = True  # HF generate
+        generation_config(trainer).remove_invalid_values = True  # HF generate
         self._watch_vllm_sync(getattr(trainer, "vllm_generation", None))
 
     def _watch_vllm_sync(self, generation) -> None:

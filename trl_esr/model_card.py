@@ -8,7 +8,8 @@ ESR's settings, so `ESRDistillTrainer.create_model_card` inserts this section be
 from pathlib import Path
 
 from transformers.trainer_utils import SchedulerType
-from trl.trainer.utils import get_config_model_id
+
+from ._trl_compat import model_id
 
 
 _ANCHOR = "### Framework versions"
@@ -19,7 +20,7 @@ def esr_details(trainer, dataset_name: str | None = None) -> str:
     from . import __version__
 
     args = trainer.args
-    teacher = get_config_model_id(trainer.accelerator.unwrap_model(trainer.teacher_model).config)
+    teacher = model_id(trainer.accelerator.unwrap_model(trainer.teacher_model))
     if args.esr_k is None:
         horizon = f"full rollouts (ESR off), up to `max_completion_length={args.max_completion_length}` tokens"
     elif args.esr_k_schedule == "linear":
@@ -60,7 +61,7 @@ def add_esr_details(readme: str | Path, trainer, dataset_name: str | None = None
     readme = Path(readme)
     card, section = readme.read_text(), esr_details(trainer, dataset_name)
     card = card.replace(_ANCHOR, section + _ANCHOR, 1) if _ANCHOR in card else card + "\n" + section
-    student = get_config_model_id(trainer.model.config)
+    student = model_id(trainer.model)
     local = f"the local model `{student}`" if student else "a model"
     card = card.replace("[None](https://huggingface.co/None)", local)
     card = card.replace('model="None"', f'model="{trainer.hub_model_id or trainer.args.output_dir}"')

@@ -141,7 +141,9 @@ def check_models(model, teacher_model, processing_class) -> None:
         )
     from transformers import PreTrainedModel
 
-    if processing_class is None and isinstance(model, PreTrainedModel) and not model.config._name_or_path:
+    from ._trl_compat import model_id  # TRL is loaded by now: the trainer calls this
+
+    if processing_class is None and isinstance(model, PreTrainedModel) and not model_id(model):
         raise ValueError(
             "The student was built in Python (its config has no `name_or_path`), so there is no folder to load its "
             "tokenizer from. Pass the tokenizer as `processing_class=`."

@@ -46,9 +46,10 @@ class Settings:
     guard_every: int = 5
     guard_rollouts: int = 32
     num_seeds: int = 2
-    kl_rollouts: int = 64
+    kl_rollouts: int = 32
     diagnostics_prompts: int = 64
-    threads: int = 1
+    threads: int = 1  # distillation: per-step cost of ESR lowest at 1 thread (docs/demo.md)
+    pretrain_threads: int = 2  # SFT's batched matmuls: 1.5x faster with 2 threads than 1 on this 2-core CPU
 
 
 QUICK = Settings(
@@ -143,8 +144,12 @@ class _Demo:
             shortcut_fraction,
         )  # fmt: skip
         path = self.output_dir / "models" / name
-        started = time.perf_counter()
-        model = load_or_pretrain(name, recipe, self.tokenizer, self.splits["sft"], path, self.device)
+        started, threads = time.perf_counter(), torch.get_num_threads()
+        torch.set_num_threads(s.pretrain_threads)
+        try:
+            model = load_or_pretrain(name, recipe, self.tokenizer, self.splits["sft"], path, self.device)
+        finally:
+            torch.set_num_threads(threads)
         self.pretrain_seconds += time.perf_counter() - started
         return model
 
@@ -223,6 +228,7 @@ class _Demo:
             f"({response_length(s.n_digits)} words + EOS)",
             "device": self.device,
             "threads": s.threads,
+            "pretrain_threads": s.pretrain_threads,
             "settings": {key: value for key, value in s.__dict__.items() if key != "regimes"} | {"seed": self.seed},
             "teacher": "{} hidden size {}, {} layers, {} SFT steps".format(*s.teacher),
             "student": "{} hidden size {}, {} layers".format(*s.student),

@@ -329,7 +329,8 @@ def train(
 
     if resume_from_checkpoint is not None:
         trainer.accelerator.print(f"⏩ Resuming from {resume_from_checkpoint}.")
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    # `False`, not None: `check_arguments` already refused (or was told to overwrite) an output_dir with checkpoints
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint or False)
     trainer.accelerator.print("✅ Training completed.")
 
     # Save the model, its card (naming the teacher, k and the dataset) and the log history (`trainer_state.json`).
