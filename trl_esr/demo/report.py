@@ -252,9 +252,16 @@ def _plot_accuracy(path: Path, regimes: list[dict], x_key: str, x_label: str, su
             color = f"C{methods.index(run.method)}"
             style = "-" if run.seed == regime["runs"][0].seed else "--"
             xs, ys = [p[x_key] for p in run.curve], [p["accuracy"] for p in run.curve]
-            ax.plot(xs, ys, style, color=color, marker="o", ms=3, label=f"{run.method}, seed {run.seed}")
+            if run.guard:  # trains exactly like ESR (measurements use a forked RNG): drawn under it, kept step starred
+                ax.plot(xs, ys, style, color=color, lw=4, alpha=0.35, label=f"{run.method}, seed {run.seed}")
+                kept = next((p for p in run.curve if p["step"] == run.kept_step), None)
+                if kept is not None:
+                    ax.plot(kept[x_key], kept["accuracy"], "*", color=color, ms=12, mec="black", mew=0.6)
+            else:
+                ax.plot(xs, ys, style, color=color, marker="o", ms=3, label=f"{run.method}, seed {run.seed}")
         ax.axhline(summary["teacher_accuracy"], color="gray", ls=":", lw=1, label="teacher")
-        ax.set(xlabel=x_label, ylabel="held-out accuracy (greedy)", ylim=(0, 1.02), title=regime["regime"].title)
+        ax.set(xlabel=x_label, ylabel="held-out accuracy (greedy)", ylim=(0, 1.02))
+        ax.set_title(f"{regime['regime'].title} (star: the checkpoint the guard kept)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
