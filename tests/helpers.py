@@ -1,10 +1,11 @@
 """Test helpers: a spy on the trainer's divergence, a reverse KL written straight from its definition, lookups of a
-trainer's callbacks by type, and the fields ESR adds to TRL's config."""
+trainer's callbacks by type, the fields ESR adds to TRL's config, and a learning rate that jumps mid-run."""
 
 import dataclasses
 import inspect
 
 import torch
+from transformers import TrainerCallback
 
 
 class DivergenceSpy:
@@ -68,3 +69,15 @@ def esr_fields() -> list[str]:
 
     trl_fields = {field.name for field in dataclasses.fields(DistillationConfig)}
     return [field.name for field in dataclasses.fields(ESRConfig) if field.name not in trl_fields]
+
+
+class LearningRateJump(TrainerCallback):
+    """From step `step` on, the optimizer's learning rate is `lr` (a schedule gone wrong)."""
+
+    def __init__(self, step, lr):
+        self.step, self.lr = step, lr
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if state.global_step + 1 >= self.step:
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr

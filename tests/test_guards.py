@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import LearningRateJump
 from transformers import TrainerCallback
 
 from trl_esr import ESRDistillTrainer
@@ -126,18 +127,6 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run(model_paths, tmp_path
     ]
     for step, entry in full_log.items():  # tolerance: float32 round-off of the resumed optimizer state
         assert stitched[step]["loss"] == pytest.approx(entry["loss"], rel=1e-5), step
-
-
-class LearningRateJump(TrainerCallback):
-    """From step `step` on, the optimizer's learning rate is `lr` (a schedule gone wrong)."""
-
-    def __init__(self, step, lr):
-        self.step, self.lr = step, lr
-
-    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        if state.global_step + 1 >= self.step:
-            for group in optimizer.param_groups:
-                group["lr"] = self.lr
 
 
 def logits_are_finite(checkpoint, tokenizer) -> bool:

@@ -8,19 +8,8 @@ whose copy of the weights is not finite after a sync stops the run at once witho
 
 import pytest
 import torch
+from helpers import LearningRateJump
 from transformers import AutoModelForCausalLM, TrainerCallback
-
-
-class LearningRateJump(TrainerCallback):
-    """From step `step` on, the optimizer's learning rate is `lr` (a schedule gone wrong)."""
-
-    def __init__(self, step, lr):
-        self.step, self.lr = step, lr
-
-    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        if state.global_step + 1 >= self.step:
-            for group in optimizer.param_groups:
-                group["lr"] = self.lr
 
 
 def engine_model(trainer):
