@@ -9,6 +9,9 @@
 See docs/choosing-k.md.
 """
 
+from .._lazy import lazy_exports
+
+
 # Each name is imported from its module on first use (PEP 562): the trainer needs the callback only, and only when
 # `esr_diagnostics_steps > 0`, so `import trl_esr` loads none of the report, probe or CLI code.
 _LAZY = {
@@ -54,15 +57,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:  # AttributeError lets `from trl_esr.diagnostics import callback` import the submodule
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
