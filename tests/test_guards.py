@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import LearningRateJump
+from helpers import LearningRateJump, callbacks_of
 from transformers import TrainerCallback
 
-from trl_esr import ESRDistillTrainer
+from trl_esr.guards import CheckpointOnInterrupt
 
 
 HERE = Path(__file__).parent
@@ -42,17 +42,10 @@ def poison_teacher(trainer, calls_to_poison):
     trainer.teacher_model.base_model.register_forward_hook(hook)
 
 
-def make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=None):
-    return ESRDistillTrainer(
-        model=model_paths["student"], teacher_model=model_paths["teacher"], args=args, train_dataset=train_dataset,
-        processing_class=tokenizer, callbacks=callbacks,
-    )  # fmt: skip
-
-
-def test_nan_teacher_step_is_skipped_and_training_continues(model_paths, tokenizer, train_dataset, make_args):
+def test_nan_teacher_step_is_skipped_and_training_continues(make_trainer, make_args):
     recorder = WeightsPerStep()
     args = make_args(max_steps=4, learning_rate=1e-2)
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=[recorder])
+    trainer = make_trainer(args, callbacks=[recorder])
     poison_teacher(trainer, calls_to_poison={1})  # the teacher forward of step 2
     trainer.train()
 
@@ -64,11 +57,9 @@ def test_nan_teacher_step_is_skipped_and_training_continues(model_paths, tokeniz
     assert [e["esr/nonfinite_steps"] for e in trainer.state.log_history if "loss" in e] == [0, 1, 1, 1]
 
 
-def test_too_many_nonfinite_steps_in_a_row_stop_with_a_checkpoint(
-    model_paths, tokenizer, train_dataset, make_args, tmp_path
-):
+def test_too_many_nonfinite_steps_in_a_row_stop_with_a_checkpoint(make_trainer, make_args, tmp_path):
     args = make_args(max_steps=5, max_consecutive_nonfinite_steps=2, output_dir=str(tmp_path / "nan"))
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     poison_teacher(trainer, calls_to_poison=set(range(100)))
     with pytest.raises(RuntimeError, match=r"stopped at step 2: the last 2 steps had a non-finite"):
@@ -77,7 +68,7 @@ def test_too_many_nonfinite_steps_in_a_row_stop_with_a_checkpoint(
     assert all(torch.equal(p, initial[n]) for n, p in trainer.model.named_parameters())
 
 
-def test_sigint_checkpoints_then_raises(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+def test_sigint_checkpoints_then_raises(make_trainer, make_args, tmp_path):
     class SigintAtStep2(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 2:
@@ -85,7 +76,7 @@ def test_sigint_checkpoints_then_raises(model_paths, tokenizer, train_dataset, m
 
     handler_before = signal.getsignal(signal.SIGINT)
     args = make_args(max_steps=5, output_dir=str(tmp_path / "int"))
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=[SigintAtStep2()])
+    trainer = make_trainer(args, callbacks=[SigintAtStep2()])
     with pytest.raises(KeyboardInterrupt, match="Interrupted at step 2; checkpoint saved"):
         trainer.train()
     assert trainer.state.global_step == 2
@@ -93,9 +84,9 @@ def test_sigint_checkpoints_then_raises(model_paths, tokenizer, train_dataset, m
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
 
-def test_interrupt_off(model_paths, tokenizer, train_dataset, make_args):
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, make_args(save_on_interrupt=False))
-    assert not any(type(c).__name__ == "CheckpointOnInterrupt" for c in trainer.callback_handler.callbacks)
+def test_interrupt_off(make_trainer, make_args):
+    assert len(callbacks_of(make_trainer(make_args()), CheckpointOnInterrupt)) == 1  # on by default
+    assert callbacks_of(make_trainer(make_args(save_on_interrupt=False)), CheckpointOnInterrupt) == []
 
 
 def test_sigterm_then_resume_matches_the_uninterrupted_run(model_paths, tmp_path):
@@ -138,16 +129,14 @@ def logits_are_finite(checkpoint, tokenizer) -> bool:
         return bool(torch.isfinite(model(ids).logits).all())
 
 
-def test_a_huge_learning_rate_stops_and_names_the_last_good_checkpoint(
-    model_paths, tokenizer, train_dataset, make_args, tmp_path
-):
+def test_a_huge_learning_rate_stops_and_names_the_last_good_checkpoint(make_trainer, tokenizer, make_args, tmp_path):
     """lr 1e15 at step 3: that update has finite gradients but leaves weights whose logits overflow. Sampling must not
     crash (it used to: `probability tensor contains either inf, nan or element < 0`); steps 4-5 are skipped, the run
     stops, and the checkpoint it names (checkpoint-2, before the bad update) gives finite logits."""
     out = tmp_path / "huge"
     args = make_args(max_steps=8, max_consecutive_nonfinite_steps=2, output_dir=str(out), save_strategy="steps",
                      save_steps=1, suppress_eos=False)  # fmt: skip
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=[LearningRateJump(3, 1e15)])
+    trainer = make_trainer(args, callbacks=[LearningRateJump(3, 1e15)])
     with pytest.raises(RuntimeError, match="Training stopped at step 5") as error:
         trainer.train()
     assert f"Resume from {out / 'checkpoint-2'}, written before that update" in str(error.value)
@@ -155,12 +144,10 @@ def test_a_huge_learning_rate_stops_and_names_the_last_good_checkpoint(
     assert not logits_are_finite(out / "checkpoint-3", tokenizer)  # the test's premise: step 3 broke the weights
 
 
-def test_an_update_that_leaves_nan_weights_stops_at_once_without_saving_them(
-    model_paths, tokenizer, train_dataset, make_args, tmp_path
-):
+def test_an_update_that_leaves_nan_weights_stops_at_once_without_saving_them(make_trainer, make_args, tmp_path):
     out = tmp_path / "nan_weights"
     args = make_args(max_steps=6, output_dir=str(out), save_strategy="steps", save_steps=1)
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args, callbacks=[LearningRateJump(3, float("nan"))])
+    trainer = make_trainer(args, callbacks=[LearningRateJump(3, float("nan"))])
     with pytest.raises(RuntimeError, match="stopped at step 3: the update left non-finite weights") as error:
         trainer.train()
     assert f"Resume from {out / 'checkpoint-2'}" in str(error.value)

@@ -5,11 +5,12 @@ import os
 
 import pytest
 import torch
+from helpers import callbacks_of
 from safetensors.torch import load_file
 
-from trl_esr import ESRConfig, ESRDistillTrainer
+from trl_esr import ESRConfig
 from trl_esr.diagnostics import callback as diagnostics_callback
-from trl_esr.horizon_guard import STATE_KEY, HorizonGuardState, grown_k
+from trl_esr.horizon_guard import STATE_KEY, ESRHorizonGuard, HorizonGuardState, grown_k
 
 
 def run_rule(values, tolerance=0.2, patience=2, k=8):
@@ -116,13 +117,6 @@ def scripted_kl(monkeypatch):
     return script
 
 
-def make_trainer(model_paths, tokenizer, train_dataset, args):
-    return ESRDistillTrainer(
-        model=model_paths["student"], teacher_model=model_paths["teacher"], args=args, train_dataset=train_dataset,
-        processing_class=tokenizer,
-    )  # fmt: skip
-
-
 def per_step(trainer, key: str) -> dict[int, float]:
     return {entry["step"]: entry[key] for entry in trainer.state.log_history if key in entry}
 
@@ -131,10 +125,11 @@ def guard_args(make_args, **overrides):
     return make_args(esr_diagnostics_steps=1, esr_diagnostics_num_rollouts=2, **overrides)
 
 
-def test_stop_saves_the_best_checkpoint_and_stops(model_paths, tokenizer, train_dataset, make_args, scripted_kl):
+def test_stop_saves_the_best_checkpoint_and_stops(make_trainer, make_args, scripted_kl):
     scripted_kl["values"] = [1.0, 0.8, 1.3, 1.5, 1.0, 1.0, 1.0, 1.0]  # best at step 2; > 1.2 at steps 3 and 4
     args = guard_args(make_args, max_steps=8, esr_horizon_guard="stop", esr_horizon_guard_patience=2)
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
+    assert callbacks_of(trainer, ESRHorizonGuard) == [trainer._horizon_guard]
     trainer.train()
 
     assert trainer.state.global_step == 4  # stopped at the second rise in a row, not at max_steps
@@ -152,14 +147,14 @@ def test_stop_saves_the_best_checkpoint_and_stops(model_paths, tokenizer, train_
     assert trainer._horizon_guard.state.stopped_at == 4
 
 
-def test_grow_multiplies_k_up_to_max_completion_length(model_paths, tokenizer, train_dataset, make_args, scripted_kl):
+def test_grow_multiplies_k_up_to_max_completion_length(make_trainer, make_args, scripted_kl):
     # patience 1, tolerance 0.5: 2.0 > 1.5 grows k after step 2; at k=8, 1.0 is the new baseline, 3.0 grows it again
     scripted_kl["values"] = [1.0, 2.0, 1.0, 3.0, 1.0, 3.0]
     args = guard_args(
         make_args, max_steps=7, esr_k=4, esr_horizon_guard="grow", esr_horizon_guard_tolerance=0.5,
         esr_horizon_guard_patience=1, esr_horizon_guard_growth=2.0,
     )  # fmt: skip
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, args)
+    trainer = make_trainer(args)
     trainer.train()
 
     expected_k = {1: 4, 2: 4, 3: 8, 4: 8, 5: 16, 6: 16, 7: 24}  # 16 * 2 = 32, capped at max_completion_length
@@ -176,13 +171,13 @@ def test_grow_multiplies_k_up_to_max_completion_length(model_paths, tokenizer, t
     assert trainer.state.global_step == 7
 
 
-def test_resume_keeps_the_guard_state(model_paths, tokenizer, train_dataset, make_args, scripted_kl):
+def test_resume_keeps_the_guard_state(make_trainer, make_args, scripted_kl):
     grow = dict(
         esr_k=4, esr_horizon_guard="grow", esr_horizon_guard_tolerance=0.5, esr_horizon_guard_patience=1,
         save_strategy="steps", save_steps=3,
     )  # fmt: skip
     scripted_kl["values"] = [1.0, 2.0, 1.0]  # k grows to 8 after step 2; step 3 sets the baseline at k=8
-    first = make_trainer(model_paths, tokenizer, train_dataset, guard_args(make_args, max_steps=3, **grow))
+    first = make_trainer(guard_args(make_args, max_steps=3, **grow))
     first.train()
     checkpoint = os.path.join(first.args.output_dir, "checkpoint-3")
     with open(os.path.join(checkpoint, "trainer_state.json")) as f:
@@ -191,20 +186,20 @@ def test_resume_keeps_the_guard_state(model_paths, tokenizer, train_dataset, mak
 
     # A fresh trainer resumed from step 3: k must still be 8 (not 4), and 3.0 must rise over the restored baseline 1.0
     scripted_kl["values"] = [3.0, 1.0]
-    resumed = make_trainer(model_paths, tokenizer, train_dataset, guard_args(make_args, max_steps=5, **grow))
+    resumed = make_trainer(guard_args(make_args, max_steps=5, **grow))
     resumed.train(resume_from_checkpoint=checkpoint)
     k = per_step(resumed, "esr/k")
     assert (k[4], k[5]) == (8, 16)
     assert resumed._horizon_guard.state.k_scale == 4.0
 
 
-def test_guard_refused_where_the_diagnostics_cannot_run(model_paths, tokenizer, train_dataset, make_args):
+def test_guard_refused_where_the_diagnostics_cannot_run(make_trainer, train_dataset, make_args):
     args = guard_args(make_args, esr_horizon_guard="stop")
     with pytest.raises(ValueError, match="`esr_horizon_guard` watches the ESR diagnostics.*stream"):
-        make_trainer(model_paths, tokenizer, train_dataset.to_iterable_dataset(), args)
+        make_trainer(args, train_dataset=train_dataset.to_iterable_dataset())
 
 
-def test_guard_off_by_default_leaves_k_to_the_schedule(model_paths, tokenizer, train_dataset, make_args):
-    trainer = make_trainer(model_paths, tokenizer, train_dataset, make_args(esr_diagnostics_steps=1))
+def test_guard_off_by_default_leaves_k_to_the_schedule(make_trainer, make_args):
+    trainer = make_trainer(make_args(esr_diagnostics_steps=1))
     assert trainer._horizon_guard is None
-    assert not any(type(cb).__name__ == "ESRHorizonGuard" for cb in trainer.callback_handler.callbacks)
+    assert callbacks_of(trainer, ESRHorizonGuard) == []

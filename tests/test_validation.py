@@ -6,18 +6,7 @@ import logging
 import pytest
 from datasets import Dataset
 
-from trl_esr import ESRDistillTrainer
 from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
-
-
-def build(model_paths, tokenizer, dataset, args, teacher=None):
-    return ESRDistillTrainer(
-        model=model_paths["student"],
-        teacher_model=teacher or model_paths["teacher"],
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
 
 
 def chat(text):
@@ -36,84 +25,81 @@ def chat(text):
         ({"prompt": [chat("w1")]}, r"has 1 prompts, fewer than one generation batch .* = 2\)"),
     ],
 )
-def test_bad_datasets(rows, message, model_paths, tokenizer, make_args):
+def test_bad_datasets(rows, message, make_trainer, make_args):
     with pytest.raises(ValueError, match=message):
-        build(model_paths, tokenizer, Dataset.from_dict(rows), make_args())
+        make_trainer(make_args(), train_dataset=Dataset.from_dict(rows))
 
 
-def test_chat_prompts_need_a_chat_template(model_paths, tokenizer, train_dataset, make_args):
+def test_chat_prompts_need_a_chat_template(make_trainer, tokenizer, make_args):
     no_template = copy.deepcopy(tokenizer)
     no_template.chat_template = None
     with pytest.raises(ValueError, match="has no chat template"):
-        build(model_paths, no_template, train_dataset, make_args())
+        make_trainer(make_args(), processing_class=no_template)
 
 
-def test_tokenizer_needs_an_eos_token(model_paths, tokenizer, make_args):
+def test_tokenizer_needs_an_eos_token(make_trainer, tokenizer, make_args):
     no_eos = copy.deepcopy(tokenizer)
     no_eos.eos_token = None
     dataset = Dataset.from_dict({"prompt": ["w1 w2", "w3 w4"]})
     with pytest.raises(ValueError, match="has no EOS token"):
-        build(model_paths, no_eos, dataset, make_args(generation_kwargs=None))
+        make_trainer(make_args(generation_kwargs=None), train_dataset=dataset, processing_class=no_eos)
 
 
-def test_prompts_longer_than_the_context(model_paths, tokenizer, make_args):
+def test_prompts_longer_than_the_context(make_trainer, make_args):
     long_prompt = " ".join(["w1"] * 500)  # + 24 completion tokens > the tiny student's 512 positions
     dataset = Dataset.from_dict({"prompt": ["w1 w2", long_prompt, "w3"]})
     with pytest.raises(ValueError, match=r"1 prompt\(s\) are too long: prompt 1 has 500 tokens.*context of 512"):
-        build(model_paths, tokenizer, dataset, make_args())
+        make_trainer(make_args(), train_dataset=dataset)
 
 
-def test_teacher_sharing_too_little_vocabulary(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+def test_teacher_sharing_too_little_vocabulary(make_trainer, make_args, tmp_path):
     other = build_word_tokenizer([f"x{i}" for i in range(100)])  # shares only special tokens and chat markers
     teacher = save_pretrained(build_tiny_causal_lm(other, "llama"), other, tmp_path / "other")
     with pytest.raises(ValueError, match=r"`.*other` share only 13\.0% of the student's vocabulary .* 20%"):
-        build(model_paths, tokenizer, train_dataset, make_args(min_shared_vocab_fraction=0.2), teacher=teacher)
+        make_trainer(make_args(min_shared_vocab_fraction=0.2), teacher_model=teacher)
 
 
-def test_teacher_chat_template_mismatch_warns(model_paths, tokenizer, train_dataset, make_args, tmp_path, caplog):
+def test_teacher_chat_template_mismatch_warns(make_trainer, tokenizer, make_args, tmp_path, caplog):
     teacher_tokenizer = copy.deepcopy(tokenizer)
     teacher_tokenizer.chat_template = teacher_tokenizer.chat_template.replace("<|assistant|>", "<|system|>")
     teacher = build_tiny_causal_lm(teacher_tokenizer, "llama")
     teacher_path = save_pretrained(teacher, teacher_tokenizer, tmp_path / "teacher")
     with caplog.at_level(logging.WARNING, logger="trl_esr.validation"):
-        build(model_paths, tokenizer, train_dataset, make_args(), teacher=teacher_path)
+        make_trainer(make_args(), teacher_model=teacher_path)
     assert "renders the first prompt differently" in caplog.text
 
     caplog.clear()
     same_template = save_pretrained(build_tiny_causal_lm(tokenizer, "llama"), tokenizer, tmp_path / "same")
     with caplog.at_level(logging.WARNING, logger="trl_esr.validation"):
-        build(model_paths, tokenizer, train_dataset, make_args(), teacher=same_template)
+        make_trainer(make_args(), teacher_model=same_template)
     assert "renders the first prompt differently" not in caplog.text
 
 
 # Hardening (issue 13)
 
 
-def test_teacher_sharing_only_special_tokens_is_refused(model_paths, tokenizer, train_dataset, make_args, tmp_path):
+def test_teacher_sharing_only_special_tokens_is_refused(make_trainer, make_args, tmp_path):
     """13 % of the student's vocabulary is shared (above the default 10 %), but only special tokens and chat markers:
     it used to train silently."""
     other = build_word_tokenizer([f"x{i}" for i in range(100)])
     teacher = save_pretrained(build_tiny_causal_lm(other, "llama"), other, tmp_path / "other")
     with pytest.raises(ValueError, match=r"Apart from special and added tokens, .* share only 3 of the student's 43"):
-        build(model_paths, tokenizer, train_dataset, make_args(), teacher=teacher)
+        make_trainer(make_args(), teacher_model=teacher)
     # a teacher sharing most words goes through the aligned path
     close = build_word_tokenizer([f"w{i}" for i in range(30)] + [f"x{i}" for i in range(10)])
     teacher = save_pretrained(build_tiny_causal_lm(close, "llama"), close, tmp_path / "close")
-    assert build(model_paths, tokenizer, train_dataset, make_args(), teacher=teacher)._pairing.mode == "aligned"
+    assert make_trainer(make_args(), teacher_model=teacher)._pairing.mode == "aligned"
 
 
-def test_no_teacher_fails_at_construction(model_paths, tokenizer, train_dataset, make_args):
+def test_no_teacher_fails_at_construction(make_trainer, make_args):
     with pytest.raises(ValueError, match="`teacher_model` is None"):
-        ESRDistillTrainer(
-            model=model_paths["student"], args=make_args(), train_dataset=train_dataset, processing_class=tokenizer
-        )
+        make_trainer(make_args(), teacher_model=None)
 
 
-def test_student_built_from_config_needs_its_tokenizer(tokenizer, model_paths, train_dataset, make_args):
+def test_student_built_from_config_needs_its_tokenizer(make_trainer, tokenizer, make_args):
     student = build_tiny_causal_lm(tokenizer, "qwen2")  # no `name_or_path` to load a tokenizer from
     with pytest.raises(ValueError, match="Pass the tokenizer as `processing_class=`"):
-        ESRDistillTrainer(model=student, teacher_model=model_paths["teacher"], args=make_args(),
-                          train_dataset=train_dataset)  # fmt: skip
+        make_trainer(make_args(), model=student, processing_class=None)
 
 
 @pytest.mark.parametrize(
