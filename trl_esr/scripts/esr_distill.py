@@ -248,14 +248,28 @@ def train(
 ) -> None:
     """Build the trainer, train (resuming from `resume_from_checkpoint` if given), save the model, its card and the
     log history, and push them with `--push_to_hub`. `main` checks the arguments first (`check_arguments`)."""
-    import transformers
-    from packaging.version import Version
-
     if training_args.teacher_model_name_or_path is None:
         raise ValueError("A teacher model is required. Set it with `--teacher_model_name_or_path`.")
     if model_args.model_name_or_path is None:
         raise ValueError("A student model is required. Set it with `--model_name_or_path`.")
 
+    quantization_config = set_model_init_kwargs(script_args, training_args, model_args)
+    train_dataset, eval_dataset = prompt_datasets(script_args, training_args)
+    trainer = ESRDistillTrainer(
+        model=model_args.model_name_or_path,
+        teacher_model=training_args.teacher_model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        quantization_config=quantization_config,
+        peft_config=get_peft_config(model_args),
+    )
+    train_save_and_push(trainer, script_args, training_args, resume_from_checkpoint)
+
+
+def set_model_init_kwargs(script_args: ESRScriptArguments, training_args: ESRConfig, model_args: ModelConfig):
+    """Fill `training_args.model_init_kwargs` and `teacher_model_init_kwargs` from the model options (what the user
+    put in them wins) and return the student's quantization config, which goes to the trainer as an argument."""
     # bitsandbytes quantizes while loading, so a k-bit model must load straight onto this process's GPU (on CPU, stay
     # on CPU). TRL overrides this with `device_map=None` under multi-GPU DDP/DeepSpeed.
     kbit_device_map = {"": training_args.local_process_index} if training_args.device.type == "cuda" else None
@@ -292,40 +306,50 @@ def train(
         teacher_model_init_kwargs.update(quantization_config=teacher_quantization, device_map=kbit_device_map)
     teacher_model_init_kwargs.update(training_args.teacher_model_init_kwargs or {})
     training_args.teacher_model_init_kwargs = teacher_model_init_kwargs
+    return quantization_config
 
-    def prompts(option: str, split: str):
-        from datasets.exceptions import DatasetGenerationError
 
-        try:
-            dataset = load_prompt_dataset(
-                dataset_name=script_args.dataset_name,
-                dataset_config=script_args.dataset_config,
-                dataset_files=script_args.dataset_files,
-                split=split,
-                streaming=script_args.dataset_streaming,
-            )
-        except DatasetGenerationError as error:
-            raise InputError(validation.explain_dataset_error(script_args.dataset_files, error)) from error
-        except ValueError as error:
-            local = bool(script_args.dataset_files)
-            raise InputError(validation.explain_split_error(option, split, local, error)) from error
-        try:
-            return to_prompt_dataset(dataset, script_args.prompt_column, script_args.system_prompt)
-        except ValueError as error:  # no prompt column, a conversation that does not end with a user turn
-            raise InputError(error) from error
+def prompt_datasets(script_args: ESRScriptArguments, training_args: ESRConfig):
+    """The training prompts and, when `--eval_strategy` is not "no", the evaluation prompts (else `None`). A bad
+    dataset raises `InputError`, before any model loads."""
+    train_dataset = _prompt_split(script_args, "dataset_train_split", script_args.dataset_train_split)
+    if training_args.eval_strategy == "no":
+        return train_dataset, None
+    return train_dataset, _prompt_split(script_args, "dataset_test_split", script_args.dataset_test_split)
 
-    train_dataset = prompts("dataset_train_split", script_args.dataset_train_split)
-    evaluating = training_args.eval_strategy != "no"
-    eval_dataset = prompts("dataset_test_split", script_args.dataset_test_split) if evaluating else None
-    trainer = ESRDistillTrainer(
-        model=model_args.model_name_or_path,
-        teacher_model=training_args.teacher_model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        quantization_config=quantization_config,
-        peft_config=get_peft_config(model_args),
-    )
+
+def _prompt_split(script_args: ESRScriptArguments, option: str, split: str):
+    """One split as a prompt dataset; errors name `option` (the split's command-line option) and the fix."""
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        dataset = load_prompt_dataset(
+            dataset_name=script_args.dataset_name,
+            dataset_config=script_args.dataset_config,
+            dataset_files=script_args.dataset_files,
+            split=split,
+            streaming=script_args.dataset_streaming,
+        )
+    except DatasetGenerationError as error:
+        raise InputError(validation.explain_dataset_error(script_args.dataset_files, error)) from error
+    except ValueError as error:
+        local = bool(script_args.dataset_files)
+        raise InputError(validation.explain_split_error(option, split, local, error)) from error
+    try:
+        return to_prompt_dataset(dataset, script_args.prompt_column, script_args.system_prompt)
+    except ValueError as error:  # no prompt column, a conversation that does not end with a user turn
+        raise InputError(error) from error
+
+
+def train_save_and_push(
+    trainer: ESRDistillTrainer,
+    script_args: ESRScriptArguments,
+    training_args: ESRConfig,
+    resume_from_checkpoint: str | None,
+) -> None:
+    """Train, save the model, its card and the log history, push them with `--push_to_hub`, finish the trackers."""
+    import transformers
+    from packaging.version import Version
 
     if resume_from_checkpoint is not None:
         trainer.accelerator.print(f"⏩ Resuming from {resume_from_checkpoint}.")
