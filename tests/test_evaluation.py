@@ -211,3 +211,39 @@ def test_ctrl_c_without_output_file_saves_the_finished_problems(three_problems, 
         f"`--responses_file {saved}`."
     )
     assert read_rows(saved) == read_rows(full)[:2]
+
+
+# Rendering and padding go through `trl_esr.prompts`, as the trainer's do.
+
+
+def test_chat_prompts_render_the_system_prompt_and_the_problem(tokenizer):
+    from trl_esr.evaluation import chat_prompts
+
+    assert chat_prompts(tokenizer, ["w1 w2", "w3"], "w9") == [
+        "<|system|> w9 <eos> <|user|> w1 w2 <eos> <|assistant|>",
+        "<|system|> w9 <eos> <|user|> w3 <eos> <|assistant|>",
+    ]
+    assert chat_prompts(tokenizer, ["w1"], None) == ["<|user|> w1 <eos> <|assistant|>"]
+
+
+def test_batched_greedy_generation_matches_one_prompt_at_a_time(tokenizer):
+    """Prompts of different lengths in one batch, left-padded (with EOS as the pad of a tokenizer that has none):
+    each greedy response is the one its prompt gets alone, unpadded."""
+    import copy
+
+    import torch
+
+    from trl_esr.evaluation import chat_prompts, generate_hf
+
+    model = build_tiny_causal_lm(tokenizer, "llama", hidden_size=32).eval()
+    prompts = chat_prompts(tokenizer, ["w1", "w2 w3 w4 w5 w6", "w7 w8"], None)
+    no_pad = copy.deepcopy(tokenizer)
+    no_pad.pad_token = None
+    batched = generate_hf(model, no_pad, prompts, n=1, temperature=0, top_p=1, max_new_tokens=4, batch_size=3)
+    alone = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.convert_tokens_to_ids(prompt.split())])
+        output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                                pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        alone.append([tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)])
+    assert batched == alone

@@ -135,12 +135,13 @@ def score_responses(responses: list[list[str]], references: list[str], answer_fr
 
 def chat_prompts(tokenizer, problems: list[str], system_prompt: str | None) -> list[str]:
     """Each problem as the text the model sees: its chat template with the optional system prompt."""
-    prompts = []
-    for problem in problems:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": problem})
-        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return prompts
+    from .prompts import render_prompts
+
+    conversations = [
+        [*([{"role": "system", "content": system_prompt}] if system_prompt else []), {"role": "user", "content": p}]
+        for p in problems
+    ]
+    return render_prompts(tokenizer, conversations, tokenize=False)
 
 
 def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
@@ -149,17 +150,20 @@ def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float
     if given, is called after each batch of prompts with the index of its first prompt and its responses."""
     import torch
 
-    tokenizer.padding_side = "left"  # generation continues the prompts' right end
+    from .prompts import left_pad
+
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     responses = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(
-            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        batch = batch.to(model.device)
+        ids = tokenizer(prompts[start : start + batch_size], add_special_tokens=False)["input_ids"]  # rendered text
+        input_ids, attention_mask = left_pad(ids, pad_token_id, model.device)  # (b, P)
         with torch.no_grad():
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=n, **sampling)
-        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            output = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_token_id,
+                max_new_tokens=max_new_tokens, num_return_sequences=n, **sampling,
+            )  # fmt: skip
+        texts = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
         responses += [texts[i : i + n] for i in range(0, len(texts), n)]
         if on_batch is not None:
             on_batch(start, responses[start:])

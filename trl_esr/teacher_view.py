@@ -10,7 +10,7 @@ rendering of the prompt; the response tokens, and so the positions the KL compar
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ._trl_compat import pad
+from .prompts import is_chat, left_pad, render_prompts
 
 
 TEACHER_TEMPLATE = "teacher"  # `ESRConfig.teacher_chat_template` value: use the teacher tokenizer's own template
@@ -35,7 +35,7 @@ class TeacherPromptRenderer:
         template, kwargs = args.teacher_chat_template, args.teacher_chat_template_kwargs
         if not aligned and template is None and kwargs is None:
             return None
-        chat_prompts = train_dataset is None or isinstance(next(iter(train_dataset))["prompt"], list)
+        chat_prompts = train_dataset is None or is_chat(next(iter(train_dataset))["prompt"])
         if not aligned and not chat_prompts:
             raise ValueError(_PLAIN_TEXT_PROMPTS)
         if template != TEACHER_TEMPLATE and not (aligned and template is None):  # a template of the user's
@@ -54,22 +54,10 @@ class TeacherPromptRenderer:
         return cls(teacher_tokenizer, None, kwargs)
 
     def __call__(self, prompts: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded `(ids, mask)` of shape (B, P_teacher) for a batch of prompts."""
-        if isinstance(prompts[0], list):
-            ids = self.tokenizer.apply_chat_template(
-                prompts,
-                chat_template=self.chat_template,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-                **self.template_kwargs,
-            )["input_ids"]
-        else:  # plain text, for a teacher with another tokenizer (`from_config` refuses it otherwise)
-            ids = self.tokenizer(text=prompts)["input_ids"]
-        rows = [torch.tensor(row) for row in ids]
-        padded = pad(rows, padding_value=self.tokenizer.pad_token_id or 0, padding_side="left")
-        mask = pad([torch.ones_like(row) for row in rows], padding_value=0, padding_side="left")
-        return padded.to(device), mask.to(device)
+        """Left-padded `(ids, mask)` of shape (B, P_teacher) for a batch of prompts. Plain-text prompts (for a teacher
+        with another tokenizer; `from_config` refuses them otherwise) are tokenised as TRL tokenises the student's."""
+        ids = render_prompts(self.tokenizer, prompts, chat_template=self.chat_template, **self.template_kwargs)
+        return left_pad(ids, self.tokenizer.pad_token_id or 0, device)
 
 
 def teacher_inputs(

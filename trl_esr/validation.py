@@ -78,7 +78,7 @@ def check_tokenizer(tokenizer: "PreTrainedTokenizerBase", dataset) -> None:
             f"The tokenizer of `{tokenizer.name_or_path}` has no EOS token, so a rollout could never end before its "
             "length cap. Set one, e.g. `tokenizer.eos_token = '<|endoftext|>'`, and pass it as `processing_class`."
         )
-    if dataset is not None and _is_conversational(dataset) and tokenizer.chat_template is None:
+    if dataset is not None and _has_chat_prompts(dataset) and tokenizer.chat_template is None:
         raise ValueError(
             f"The training prompts are chat messages, but the tokenizer of `{tokenizer.name_or_path}` has no chat "
             "template to render them. Use an instruct/chat tokenizer, set `tokenizer.chat_template`, or give plain-"
@@ -91,14 +91,11 @@ def check_prompt_lengths(tokenizer: "PreTrainedTokenizerBase", dataset, max_comp
     student's context window."""
     from datasets import Dataset
 
+    from .prompts import render_prompts
+
     if not isinstance(dataset, Dataset):
         return
-    prompts = list(dataset["prompt"])
-    if _is_conversational(dataset):
-        ids = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
-    else:
-        ids = tokenizer(prompts)
-    lengths = [len(row) for row in ids["input_ids"]]
+    lengths = [len(row) for row in render_prompts(tokenizer, dataset["prompt"])]
     longest = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[longest] + max_completion_length > context:
         too_long = sum(length + max_completion_length > context for length in lengths)
@@ -112,13 +109,15 @@ def check_prompt_lengths(tokenizer: "PreTrainedTokenizerBase", dataset, max_comp
 def warn_if_teacher_renders_differently(student_tokenizer, teacher_tokenizer, dataset) -> None:
     """The teacher scores the student's token ids as they are, rendered with the student's chat template. If the
     teacher's own template renders the same conversation differently, its scores are biased: warn."""
+    from .prompts import render_prompts
+
     if teacher_tokenizer is None or teacher_tokenizer.chat_template is None or dataset is None:
         return
-    if not _is_conversational(dataset):
+    if not _has_chat_prompts(dataset):
         return
     prompt = next(iter(dataset))["prompt"]
-    student_text = student_tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    teacher_text = teacher_tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    [student_text] = render_prompts(student_tokenizer, [prompt], tokenize=False)
+    [teacher_text] = render_prompts(teacher_tokenizer, [prompt], tokenize=False)
     if student_text != teacher_text:
         logger.warning(
             "The teacher's chat template renders the first prompt differently from the student's:\n"
@@ -128,8 +127,10 @@ def warn_if_teacher_renders_differently(student_tokenizer, teacher_tokenizer, da
         )
 
 
-def _is_conversational(dataset) -> bool:
-    return isinstance(next(iter(dataset))["prompt"], list)
+def _has_chat_prompts(dataset) -> bool:
+    from .prompts import is_chat
+
+    return is_chat(next(iter(dataset))["prompt"])
 
 
 def check_models(model, teacher_model, processing_class) -> None:

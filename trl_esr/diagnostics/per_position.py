@@ -17,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..prompts import left_pad
+
 
 # float32 softmaxes are computed over this many positions at a time: 256 x 152k vocab x 4 bytes ~ 150 MB per tensor.
 POSITION_CHUNK = 256
@@ -61,7 +63,7 @@ def sample_completions(
     completions = []
     for start in tqdm(range(0, len(prompt_ids), batch_size), desc="student rollouts", disable=not show_progress):
         prompts = prompt_ids[start : start + batch_size]
-        input_ids, attention_mask = _left_pad(prompts, pad_token_id, model.device)  # (b, P)
+        input_ids, attention_mask = left_pad(prompts, pad_token_id, model.device)  # (b, P)
         output = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config
         )
@@ -133,7 +135,7 @@ def _score_batch(
         completion_mask[i, : len(completion)] = True
 
     def model_inputs(prompt_rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        prompt_tensor, prompt_mask = _left_pad(prompt_rows, pad_token_id, device)  # (b, P)
+        prompt_tensor, prompt_mask = left_pad(prompt_rows, pad_token_id, device)  # (b, P)
         attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)  # (b, P + C)
         # Positions count real tokens only, as `generate` does with left padding, so a padded prompt scores like an
         # unpadded one.
@@ -181,17 +183,6 @@ def _token_stats(student_logits, teacher_logits, tokens) -> tuple[torch.Tensor, 
     # the sampled token is what the next prefix, and so the teacher's next judgement, is built on.)
     teacher_agrees = (teacher_logits.argmax(-1) == tokens).float()  # (b, c)
     return reverse_kl, student_entropy, teacher_entropy, teacher_agrees
-
-
-def _left_pad(sequences: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(sequence) for sequence in sequences)
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, sequence in enumerate(sequences):
-        if sequence:
-            ids[i, -len(sequence) :] = torch.tensor(sequence)
-            mask[i, -len(sequence) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _to(inputs: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

@@ -1,11 +1,12 @@
 """Prompts for diagnostics: taken from a dataset's `prompt` or `messages` column and tokenised with the student's
-chat template, the way TRL's trainers see them."""
+chat template, the way TRL's trainers see them (`trl_esr.prompts`)."""
 
 from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
 from ..data import prompt_from_messages
+from ..prompts import render_prompts
 
 
 def prompt_from_row(row: dict) -> str | list[dict]:
@@ -19,15 +20,6 @@ def prompt_from_row(row: dict) -> str | list[dict]:
 
 
 def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list[dict]]) -> list[list[int]]:
-    """Token ids of each prompt: chat messages go through the chat template with the generation prompt appended (as
-    in TRL's `_tokenize_prompts`); plain text is tokenised as is."""
-    ids = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            ids.append(tokenizer(prompt)["input_ids"])
-        else:
-            encoded = tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, tokenize=True, return_dict=True
-            )
-            ids.append(list(encoded["input_ids"]))
-    return ids
+    """Token ids of each prompt, as the trainer's rollouts start from them: chat messages through the chat template
+    with the generation prompt appended, plain text as is (`trl_esr.prompts.render_prompts`)."""
+    return render_prompts(tokenizer, prompts)
