@@ -1,19 +1,14 @@
-r"""`trl_esr.evaluation`: `\boxed{}` extraction, answer normalisation, avg@n / pass@n, on hand-checked cases."""
+r"""`trl_esr.evaluation` (`\boxed{}` extraction, answer normalisation, avg@n / pass@n, on hand-checked cases; the
+generation helpers) and its command, `trl_esr/scripts/evaluate_boxed.py` (`trl-esr evaluate`)."""
 
 import json
 
 import pytest
 from datasets import Dataset
 
-from trl_esr.evaluation import (
-    EvaluateArguments,
-    answers_match,
-    boxed_answers,
-    evaluate,
-    extract_answer,
-    normalize_answer,
-    score_responses,
-)
+from trl_esr.evaluation import answers_match, boxed_answers, extract_answer, normalize_answer, score_responses
+from trl_esr.inference import InferenceModelConfig
+from trl_esr.scripts.evaluate_boxed import EvaluateArguments, evaluate, main
 from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
@@ -111,7 +106,7 @@ def test_scores_a_responses_file(tmp_path):
     path = tmp_path / "responses.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows))
     out = tmp_path / "scored.jsonl"
-    scores = evaluate(EvaluateArguments(responses_file=str(path), output_file=str(out)))
+    scores = evaluate(EvaluateArguments(responses_file=str(path), output_file=str(out)), InferenceModelConfig())
     assert scores == {"n": 2, "problems": 2, "avg@2": 25.0, "pass@2": 50.0, "no_box": 50.0}
     assert [json.loads(line)["extracted"] for line in out.read_text().splitlines()] == [["4", "5"], [None, None]]
 
@@ -121,11 +116,9 @@ def test_generates_with_a_tiny_model(tokenizer, tmp_path):
     model_path = save_pretrained(build_tiny_causal_lm(tokenizer, "llama", hidden_size=32), tokenizer, tmp_path / "m")
     Dataset.from_dict({"problem": ["w1 w2", "w3 w4 w5"], "answer": ["w1", "w2"]}).to_json(tmp_path / "data/test.jsonl")
     out = tmp_path / "samples.jsonl"
-    args = EvaluateArguments(
-        model_name_or_path=model_path, dataset_name=str(tmp_path / "data"), n=3, max_new_tokens=5,
-        system_prompt="be brief", dtype="float32", output_file=str(out),
-    )  # fmt: skip
-    scores = evaluate(args)
+    args = EvaluateArguments(dataset_name=str(tmp_path / "data"), n=3, max_new_tokens=5, system_prompt="be brief",
+                             output_file=str(out))  # fmt: skip
+    scores = evaluate(args, InferenceModelConfig(model_name_or_path=model_path, dtype="float32"))
     assert scores["n"] == 3 and scores["problems"] == 2 and 0 <= scores["avg@3"] <= scores["pass@3"] <= 100
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [len(row["responses"]) for row in rows] == [3, 3]
@@ -152,12 +145,12 @@ def read_rows(path):
 
 
 def generate_failing_at_batch(monkeypatch, batch: int, error: BaseException) -> None:
-    import trl_esr.evaluation as evaluation
+    import trl_esr.inference as inference
 
-    load_model = evaluation.load_model
+    load_causal_lm = inference.load_causal_lm
 
     def load(*args, **kwargs):
-        model, tokenizer = load_model(*args, **kwargs)
+        model = load_causal_lm(*args, **kwargs)
         generate, calls = model.generate, []
 
         def failing(*generate_args, **generate_kwargs):
@@ -167,14 +160,12 @@ def generate_failing_at_batch(monkeypatch, batch: int, error: BaseException) -> 
             return generate(*generate_args, **generate_kwargs)
 
         model.generate = failing
-        return model, tokenizer
+        return model
 
-    monkeypatch.setattr(evaluation, "load_model", load)
+    monkeypatch.setattr(inference, "load_causal_lm", load)
 
 
 def test_a_crash_mid_generation_keeps_the_finished_problems(three_problems, tmp_path, monkeypatch, capsys):
-    from trl_esr.evaluation import main
-
     full, partial = tmp_path / "full.jsonl", tmp_path / "partial.jsonl"
     assert main(three_problems(output_file=full)) == 0
     capsys.readouterr()
@@ -193,8 +184,6 @@ def test_a_crash_mid_generation_keeps_the_finished_problems(three_problems, tmp_
 
 def test_ctrl_c_without_output_file_saves_the_finished_problems(three_problems, tmp_path, monkeypatch, capsys):
     import tempfile
-
-    from trl_esr.evaluation import main
 
     full = tmp_path / "full.jsonl"
     assert main(three_problems(output_file=full)) == 0
@@ -247,3 +236,44 @@ def test_batched_greedy_generation_matches_one_prompt_at_a_time(tokenizer):
                                 pad_token_id=tokenizer.eos_token_id)  # fmt: skip
         alone.append([tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)])
     assert batched == alone
+
+
+# The command: `trl-esr evaluate`, TRL-shaped (`EvaluateArguments` + TRL's `ModelConfig`, parsed by `TrlParser`).
+
+
+def test_trl_esr_evaluate_scores_a_responses_file(tmp_path, capsys):
+    from trl_esr.cli import main as trl_esr_main
+
+    path = tmp_path / "responses.jsonl"
+    path.write_text(json.dumps({"answer": r"\frac{1}{2}", "responses": [r"\boxed{0.5}", r"\boxed{2}", "none"]}) + "\n")
+    assert trl_esr_main(["evaluate", "--responses_file", str(path)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["avg@3"] == scores["no_box"] == pytest.approx(100 / 3) and scores["pass@3"] == 100
+
+
+def test_model_options_are_trls_model_config(tmp_path, capsys):
+    from trl import ModelConfig
+
+    from trl_esr.scripts.evaluate_boxed import make_parser
+
+    script_args, model_args = make_parser().parse_args_and_config(
+        args=["--model_name_or_path", "m", "--model_revision", "v2", "--attn_implementation", "eager", "--n", "2"]
+    )
+    assert isinstance(model_args, ModelConfig) and script_args.n == 2
+    assert (model_args.model_name_or_path, model_args.model_revision, model_args.dtype) == ("m", "v2", "auto")
+    assert main(["--model_name_or_path", "m", "--load_in_4bit", "--load_in_8bit"]) == 2  # ModelConfig's own check
+    assert "evaluate_boxed: error: You can't use 8 bit and 4 bit precision" in capsys.readouterr().err
+
+
+def test_evaluate_help_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from trl_esr.cli import main; code = main(['evaluate', '--help']); "
+        "print('HEAVY', [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules]); sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+    assert "--model_name_or_path" in result.stdout and "--responses_file" in result.stdout

@@ -1,4 +1,4 @@
-"""`trl-esr` console command: `trl-esr demo|train|suggest-k ...`.
+"""`trl-esr` console command: `trl-esr demo|train|suggest-k|evaluate ...`.
 
 Each subcommand forwards its arguments to its module's `main`. `trl-esr --help` and `trl-esr <command> --help` import
 nothing heavy: a command's help is pre-rendered in `trl_esr/_cli_help.py` (by `scripts/gen_cli_help.py`, checked by
@@ -11,6 +11,7 @@ _COMMANDS = {
     "demo": ("trl_esr.demo", "offline demo: ESR vs full-rollout distillation on a tiny task, on CPU"),
     "train": ("trl_esr.scripts.esr_distill", "distil a student from a teacher with ESR (TRL-style arguments)"),
     "suggest-k": ("trl_esr.diagnostics.cli", "measure per-position teacher/student KL and recommend k"),
+    "evaluate": ("trl_esr.scripts.evaluate_boxed", "MATH-500-style avg@n / pass@n of a model's \\boxed{} answers"),
 }
 
 

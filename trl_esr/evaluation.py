@@ -1,4 +1,4 @@
-r"""MATH-500-style evaluation: n responses per problem, the answer from `\boxed{}`, avg@n and pass@n.
+r"""Boxed-answer evaluation, as a library: the answer from `\boxed{}`, avg@n and pass@n, and the generation helpers.
 
 The paper evaluates MATH-500 with avg@4 / pass@4 at temperature 0.7, the answer read from `\boxed{}`. avg@n is the
 mean accuracy over all n samples of all problems (an estimate of pass@1 with less variance); pass@n is the share of
@@ -10,14 +10,14 @@ LaTeX spacing and sizing commands, `$`, `\text{}` wrappers, units, degrees and a
 both are the same rational number (`\frac{1}{2}`, `1/2`, `0.5`). It is a string check, not a symbolic one:
 `\sqrt{8}` and `2\sqrt{2}` do not match.
 
-`python examples/scripts/evaluate_boxed.py --help` (or `main`) runs it; generation uses HF `generate`, or vLLM with
-`--use_vllm` when installed.
+Scoring needs no model: `score_responses(responses, references)` on any list of responses. To generate them,
+`chat_prompts` renders each problem the way the trainer renders prompts (`trl_esr.prompts`), and `generate_hf` /
+`generate_vllm` sample n responses per prompt. The command (`trl-esr evaluate`, `examples/scripts/evaluate_boxed.py`)
+is `trl_esr/scripts/evaluate_boxed.py`: it adds the dataset, the model loading, and what a long run needs (inputs
+checked before the model loads, responses written batch by batch).
 """
 
-import json
-import os
 import re
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 
@@ -171,260 +171,30 @@ def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float
 
 
 def generate_vllm(model_name_or_path: str, prompts: list[str], n: int, temperature: float, top_p: float,
-                  max_new_tokens: int) -> list[list[str]]:  # fmt: skip
-    """n sampled responses per prompt with vLLM (not exercised by this project's CPU-only tests)."""
+                  max_new_tokens: int, **llm_kwargs) -> list[list[str]]:  # fmt: skip
+    """n sampled responses per prompt with vLLM, in one engine call; `llm_kwargs` go to `vllm.LLM` (e.g. `dtype`,
+    `revision`). Not exercised by this project's CPU-only tests."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_name_or_path)
+    llm = LLM(model=model_name_or_path, **llm_kwargs)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
     return [[c.text for c in out.outputs] for out in llm.generate(prompts, params)]
 
 
-def load_model(model_name_or_path: str, dtype: str = "auto"):
-    """A causal LM and its tokenizer; a folder holding a PEFT adapter is loaded on its base model and merged."""
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (Path(model_name_or_path) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
-    return model.eval(), AutoTokenizer.from_pretrained(model_name_or_path)
+# Temporary aliases, for tests/test_hardening.py only, which still drives the command from this module in its former
+# one-dataclass form. Delete them once it imports `trl_esr.scripts.evaluate_boxed` (`main`, and
+# `evaluate(EvaluateArguments(...), InferenceModelConfig(model_name_or_path=..., dtype=...))`) and patches
+# `trl_esr.inference.load_causal_lm`.
 
 
-# Command line
+def __getattr__(name: str):
+    if name not in ("main", "EvaluateArguments", "evaluate", "load_model"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .inference import InferenceModelConfig, load_causal_lm
+    from .scripts import evaluate_boxed
 
+    def arguments(model_name_or_path=None, dtype="auto", **options):
+        return evaluate_boxed.EvaluateArguments(**options), InferenceModelConfig(model_name_or_path, dtype=dtype)
 
-@dataclass
-class EvaluateArguments:
-    """Arguments of `examples/scripts/evaluate_boxed.py`; the defaults follow the paper's MATH-500 evaluation."""
-
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Model (Hub id or folder; a PEFT adapter folder is merged into its base)."}
-    )
-    dataset_name: str = field(default="HuggingFaceH4/MATH-500", metadata={"help": "Hub dataset or local folder."})
-    dataset_split: str = field(default="test", metadata={"help": "Split, with slicing (e.g. 'test[:100]')."})
-    problem_column: str = field(default="problem", metadata={"help": "Column holding the problem."})
-    answer_column: str = field(default="answer", metadata={"help": "Column holding the reference answer."})
-    system_prompt: str | None = field(
-        default="Please reason step by step, and put your final answer within \\boxed{}.",
-        metadata={"help": "System message; use the one the model was trained with."},
-    )
-    n: int = field(default=4, metadata={"help": "Responses per problem (the paper: avg@4 / pass@4)."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the paper: 0.7)."})
-    top_p: float = field(default=0.95, metadata={"help": "Top-p (the paper: 0.95)."})
-    max_new_tokens: int = field(default=3584, metadata={"help": "Max new tokens per response (the paper's math cap)."})
-    answer_from: str = field(
-        default="last",
-        metadata={"help": "Which \\boxed{} is the answer: 'last' or 'first'.", "choices": ["last", "first"]},
-    )
-    batch_size: int = field(default=8, metadata={"help": "Prompts per HF `generate` call."})
-    dtype: str = field(default="auto", metadata={"help": "Model dtype ('auto', 'bfloat16', 'float32', ...)."})
-    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (must be installed)."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
-    responses_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "Score the responses in this JSONL file ({'responses': [...], 'answer': ...} per line) "
-            "instead of generating."
-        },  # fmt: skip
-    )
-    output_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "Write each problem's responses, answers and correctness here (JSONL), batch by batch: after a "
-            "crash or Ctrl-C it holds every finished problem, ready for `--responses_file`."
-        },
-    )
-
-
-def _read_responses_file(path: str) -> list[dict]:
-    """The rows of a `--responses_file`, each checked: one JSON object per line with `answer` and `responses`."""
-    rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"`--responses_file` {path} line {number} is not valid JSON ({error.msg}).") from None
-            if not isinstance(row, dict) or "answer" not in row or not isinstance(row.get("responses"), list):
-                raise ValueError(
-                    f"`--responses_file` {path} line {number} needs an 'answer' and a 'responses' list, as "
-                    f"`--output_file` writes them; got {line.strip()[:80]!r}."
-                )
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"`--responses_file` {path} is empty.")
-    return rows
-
-
-def _load_problems(args: "EvaluateArguments"):
-    """The evaluation split: a Hub dataset, a local dataset folder, or one local .json/.jsonl/.parquet file."""
-    from pathlib import Path
-
-    from datasets import load_dataset
-
-    path = Path(args.dataset_name).expanduser()
-    builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(path.suffix.lower())
-    if path.is_file() and builder is not None:  # the file is the split that `--dataset_split` names
-        split_name = args.dataset_split.split("[")[0]
-        dataset = load_dataset(builder, data_files={split_name: str(path)}, split=args.dataset_split)
-    else:
-        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
-    missing = [
-        f"`--{option}` {column!r}"
-        for option, column in (("problem_column", args.problem_column), ("answer_column", args.answer_column))
-        if column not in dataset.column_names
-    ]
-    if missing:
-        raise ValueError(
-            f"The dataset has no column {' and no column '.join(missing)}; its columns are {dataset.column_names}."
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"`--dataset_split` {args.dataset_split!r} has no rows.")
-    return dataset[args.problem_column], [str(a) for a in dataset[args.answer_column]]
-
-
-def validate_arguments(args: "EvaluateArguments") -> None:
-    """Everything that can be checked before a model is loaded or a response generated: raises `ValueError` naming
-    the option."""
-    from .validation import check_model_path, check_output_file
-
-    if args.output_file is not None:  # checked first: generating everything, then failing to write it, loses it all
-        check_output_file("output_file", args.output_file)
-    if args.responses_file is not None:
-        from pathlib import Path
-
-        if not Path(args.responses_file).is_file():
-            raise ValueError(f"`--responses_file` {args.responses_file!r} not found (or not a file).")
-        return
-    if args.model_name_or_path is None:
-        raise ValueError("Set `--model_name_or_path` (or `--responses_file` to score saved responses).")
-    for name in ("n", "max_new_tokens", "batch_size"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"`--{name}` must be a positive integer, got {getattr(args, name)}.")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise ValueError(
-            f"`--temperature` must be >= 0 (0 = greedy) and `--top_p` in (0, 1]; got {args.temperature} and "
-            f"{args.top_p}. The paper samples at 0.7 and 0.95."
-        )
-    check_model_path("model_name_or_path", args.model_name_or_path, adapter=True)
-
-
-def evaluate(args: EvaluateArguments) -> dict:
-    """Generate (or read) the responses, score them, optionally write them out; returns the scores.
-
-    Generated responses are written to `--output_file` batch by batch, as each problem's row is finished: a crash or
-    Ctrl-C keeps them, and the exception carries a note saying where they are and how many (without `--output_file`,
-    the finished rows are written to a temporary file named in the note)."""
-    validate_arguments(args)
-    if args.responses_file is not None:
-        rows = _read_responses_file(args.responses_file)
-        problems = [row.get("problem", "") for row in rows]
-        references, responses = [row["answer"] for row in rows], [row["responses"] for row in rows]
-        scores = score_responses(responses, references, args.answer_from)
-        if args.output_file is not None:  # written after reading: it may be the `--responses_file` itself
-            ResultRows(args.output_file, args.answer_from).add(problems, references, responses)
-        return {key: value for key, value in scores.items() if key != "correct"}
-
-    from transformers import set_seed
-
-    set_seed(args.seed)
-    problems, references = _load_problems(args)  # before the model: a wrong column fails in seconds
-    rows = ResultRows(args.output_file, args.answer_from)  # created now: an unwritable path fails before generating
-    model, tokenizer = load_model(args.model_name_or_path, args.dtype)
-    prompts = chat_prompts(tokenizer, problems, args.system_prompt)
-    sampling = (args.n, args.temperature, args.top_p, args.max_new_tokens)
-    try:
-        if args.use_vllm:
-            del model  # vLLM loads its own copy
-            responses = generate_vllm(args.model_name_or_path, prompts, *sampling)  # one engine call for all
-            rows.add(problems, references, responses)
-        else:
-
-            def save(start: int, batch: list[list[str]]) -> None:
-                end = start + len(batch)
-                rows.add(problems[start:end], references[start:end], batch)
-
-            responses = generate_hf(model, tokenizer, prompts, *sampling, batch_size=args.batch_size, on_batch=save)
-    except BaseException as error:  # KeyboardInterrupt too: say what was kept, then let it propagate
-        error.add_note(rows.kept(len(problems)))
-        raise
-    scores = score_responses(responses, references, args.answer_from)
-    return {key: value for key, value in scores.items() if key != "correct"}
-
-
-class ResultRows:
-    """The `--output_file` rows (problem, reference, responses, extracted answers, correctness), appended as each
-    batch of problems is finished; without a file they are kept in memory, to be saved if the run fails."""
-
-    def __init__(self, path: str | None, answer_from: str):
-        self.path, self.answer_from, self.rows = path, answer_from, []
-        if path is not None:
-            open(path, "w").close()
-
-    def add(self, problems: list[str], references: list[str], responses: list[list[str]]) -> None:
-        new = []
-        for problem, reference, rs in zip(problems, references, responses, strict=True):
-            answers = [extract_answer(r, self.answer_from) for r in rs]
-            correct = [answers_match(answer, reference) for answer in answers]
-            new.append({"problem": problem, "answer": reference, "responses": rs, "extracted": answers,
-                        "correct": correct})  # fmt: skip
-        self.rows += new
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.writelines(json.dumps(row) + "\n" for row in new)
-
-    def kept(self, total: int) -> str:
-        """Where the finished rows are, for the note of an exception; writes them to a temporary file if needed."""
-        if not self.rows:
-            return "No problem was finished."
-        path = self.path
-        if path is None:
-            import tempfile
-
-            handle, path = tempfile.mkstemp(prefix="evaluate_boxed-partial-", suffix=".jsonl")
-            with os.fdopen(handle, "w") as f:
-                f.writelines(json.dumps(row) + "\n" for row in self.rows)
-        return (
-            f"The responses to {len(self.rows)} of {total} problems are in {path}: score them with "
-            f"`--responses_file {path}`."
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from trl import TrlParser
-
-    (args,) = TrlParser((EvaluateArguments,)).parse_args_and_config(args=argv)
-    try:
-        scores = evaluate(args)
-    except ValueError as error:
-        if getattr(error, "__notes__", None):  # raised while generating: a crash, not a bad option
-            return _stopped(f"failed ({type(error).__name__})", error, 1)
-        print(f"evaluate_boxed: error: {error}", file=sys.stderr)  # a bad option: one line, no traceback
-        return 2
-    except KeyboardInterrupt as interrupt:
-        return _stopped("interrupted", interrupt, 130)
-    except Exception as error:
-        return _stopped(f"failed ({type(error).__name__})", error, 1)
-    print(json.dumps(scores))
-    return 0
-
-
-def _stopped(what: str, error: BaseException, code: int) -> int:
-    """A crash or Ctrl-C while generating: the traceback of a crash, then one line saying what was kept."""
-    import sys
-    import traceback
-
-    if not isinstance(error, KeyboardInterrupt):
-        traceback.print_exception(error)
-    notes = getattr(error, "__notes__", [])
-    print(f"evaluate_boxed: {what}. {notes[-1] if notes else ''}".rstrip(), file=sys.stderr)
-    return code
+    return {"main": evaluate_boxed.main, "EvaluateArguments": arguments, "load_model": load_causal_lm,
+            "evaluate": lambda arguments: evaluate_boxed.evaluate(*arguments)}[name]  # fmt: skip

@@ -1,5 +1,13 @@
+# /// script
+# dependencies = [
+#     "trl-esr",
+# ]
+# ///
+
 """
-MATH-500 avg@n / pass@n with the answer read from `\\boxed{}` (logic in `trl_esr/evaluation.py`).
+MATH-500 avg@n / pass@n with the answer read from `\\boxed{}`. The logic lives in `trl_esr/scripts/evaluate_boxed.py`
+(also run as `trl-esr evaluate`; the scoring itself is `trl_esr.evaluation`); every option of `EvaluateArguments` and
+TRL's `ModelConfig` is accepted, and `--config` reads them from a YAML file.
 
 ```bash
 # the paper's protocol: 4 samples per problem at T = 0.7, top-p 0.95
@@ -24,7 +32,7 @@ printed says how many), and `--responses_file` scores them.
 
 import sys
 
-from trl_esr.evaluation import main
+from trl_esr.scripts.evaluate_boxed import main
 
 
 if __name__ == "__main__":
