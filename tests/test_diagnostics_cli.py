@@ -220,7 +220,7 @@ def bad_inputs(tmp_path, llama_paths):
 def test_suggest_k_bad_inputs_fail_before_loading_models(llama_paths, dataset_file, tmp_path, capsys, monkeypatch):
     import trl_esr.diagnostics.cli as suggest_cli
 
-    def no_loading(args):
+    def no_loading(*args):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(suggest_cli, "_load_models", no_loading)
@@ -306,8 +306,8 @@ def test_suggest_k_interrupted_during_rollouts_keeps_the_first_batch_and_resumes
 
     load_models = suggest_cli._load_models
 
-    def student_interrupted_at_its_second_batch(args):
-        student, teacher, tokenizer = load_models(args)
+    def student_interrupted_at_its_second_batch(*args):
+        student, teacher, tokenizer = load_models(*args)
         student.generate = failing_on_call(student.generate, 2, KeyboardInterrupt())
         return student, teacher, tokenizer
 
@@ -323,7 +323,7 @@ def test_suggest_k_interrupted_during_rollouts_keeps_the_first_batch_and_resumes
     assert [row["index"] for row in first_batch] == [0, 1] and all(row["completion_ids"] for row in first_batch)
 
     # Other settings: refused before any model is loaded, naming the difference.
-    monkeypatch.setattr(suggest_cli, "_load_models", lambda args: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(suggest_cli, "_load_models", lambda *args: pytest.fail("a model was loaded"))
     assert main(command(llama_paths, dataset_file, tmp_path, batch_size=2, seed=4)) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "holds the partial results of an unfinished run with other settings (seed: 3, now 4)" in err
@@ -367,8 +367,8 @@ def test_suggest_k_interrupted_in_the_probe_reuses_the_lengths_measured(
     load_models, counters = suggest_cli._load_models, []
 
     def teacher_interrupted_at(call):
-        def load(args):
-            student, teacher, tokenizer = load_models(args)
+        def load(*args):
+            student, teacher, tokenizer = load_models(*args)
             teacher.generate = failing_on_call(teacher.generate, call, KeyboardInterrupt())
             counters.append(teacher.generate)
             return student, teacher, tokenizer
@@ -385,3 +385,86 @@ def test_suggest_k_interrupted_in_the_probe_reuses_the_lengths_measured(
     assert main(argv) == EXIT_RECOMMENDED
     assert counters[-1].calls == 3  # only k = 4 was probed this time
     assert report(tmp_path) == report(uninterrupted)
+
+
+# The models come from TRL's `ModelConfig` (applied to both), the pair is checked with the trainer's rule
+# (`trl_esr.pairing`): the teacher reads the student's ids over one vocabulary of one size.
+
+
+def test_suggest_k_model_options_are_trls_model_config(capsys):
+    from trl import ModelConfig
+
+    from trl_esr.diagnostics.cli import make_parser
+
+    args, model_args = make_parser().parse_args_and_config(
+        ["--model_name_or_path", "s", "--teacher_model_name_or_path", "t", "--load_in_4bit", "--num_prompts", "3"]
+    )
+    assert isinstance(model_args, ModelConfig) and model_args.load_in_4bit and model_args.dtype == "auto"
+    assert (model_args.model_name_or_path, args.teacher_model_name_or_path, args.num_prompts) == ("s", "t", 3)
+    assert main(["--model_name_or_path", "s", "--load_in_4bit", "--load_in_8bit"]) == EXIT_BAD_INPUT
+    assert "You can't use 8 bit and 4 bit precision" in capsys.readouterr().err
+
+
+def extended_tokenizer(tokenizer):
+    """`tokenizer` plus one added token: every student id keeps its meaning (like Qwen3's tokenizer over Qwen2.5's)."""
+    import copy
+
+    extended = copy.deepcopy(tokenizer)
+    extended.add_tokens(["w40"])
+    return extended
+
+
+@pytest.fixture(scope="module")
+def other_pairs(tmp_path_factory, tokenizer):
+    """A student whose head has one spare row, a teacher of that size with a tokenizer that adds one token (the pair
+    the trainer takes its fast path for), the same teacher saved with the student's tokenizer (one row more than
+    `llama_paths`' student: the trainer would cut both heads to the shared rows), and a teacher with another
+    tokenizer (the trainer would re-tokenize the rollouts for it)."""
+    root = tmp_path_factory.mktemp("pairs")
+    extended = extended_tokenizer(tokenizer)
+    student = build_tiny_causal_lm(tokenizer, "llama", hidden_size=32, seed=0)
+    student.resize_token_embeddings(len(extended), mean_resizing=False)
+    teacher = build_tiny_causal_lm(extended, "llama", hidden_size=48, seed=1)
+    reordered = copy_with_swapped_words(tokenizer)
+    return {
+        "student": save_pretrained(student, tokenizer, root / "student"),
+        "adding_teacher": save_pretrained(teacher, extended, root / "adding_teacher"),
+        "same_teacher": save_pretrained(teacher, tokenizer, root / "same_teacher"),
+        "other_tokenizer": save_pretrained(build_tiny_causal_lm(reordered, "llama", seed=2), reordered, root / "o"),
+    }
+
+
+def copy_with_swapped_words(tokenizer):
+    """The word tokenizer with two words' ids swapped: same size, another token -> id mapping."""
+    from trl_esr.tiny_models import build_word_tokenizer
+
+    words = [f"w{i}" for i in range(40)]
+    words[0], words[1] = words[1], words[0]
+    return build_word_tokenizer(words)
+
+
+def test_a_teacher_whose_tokenizer_only_adds_tokens_is_measured(other_pairs, llama_paths, dataset_file, tmp_path):
+    """Refused before (the vocabularies differ); the trainer's fast path applies, so the teacher scores the student's
+    ids as they are: the same numbers as the same teacher with the student's own tokenizer."""
+    student = other_pairs["student"]
+    for teacher in ("adding_teacher", "same_teacher"):
+        paths = {"student": student, "teacher": other_pairs[teacher]}
+        assert main(command(paths, dataset_file, tmp_path / teacher)) in (EXIT_RECOMMENDED, EXIT_NO_RECOMMENDATION)
+    assert report(tmp_path / "adding_teacher") == report(tmp_path / "same_teacher")
+    assert max(report(tmp_path / "same_teacher")["per_position"]["kl_mean"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("teacher", "message"),
+    [("other_tokenizer", "the tokenizers differ"), ("same_teacher", "their heads have different sizes")],
+)
+def test_pairs_the_trainer_would_align_or_cut_are_refused_before_loading(
+    other_pairs, llama_paths, dataset_file, tmp_path, capsys, monkeypatch, teacher, message
+):
+    import trl_esr.inference as inference
+
+    monkeypatch.setattr(inference, "load_causal_lm", lambda *args: pytest.fail("a model was loaded"))
+    paths = {"student": llama_paths["student"], "teacher": other_pairs[teacher]}
+    assert main(command(paths, dataset_file, tmp_path)) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "do not share one vocabulary" in err and message in err and "Traceback" not in err

@@ -8,10 +8,15 @@ trl-esr suggest-k \\
     --max_completion_length 3584 --batch_size 8 \\
     --output_dir esr-diagnostics
 
-# LoRA student, both models in 4 bits, teacher-decay probe graded on the last \\boxed{} of the `solution` column
+# LoRA student, both models in 4 bits (TRL's `ModelConfig` options apply to both), teacher-decay probe graded on the
+# last \\boxed{} of the `solution` column
 trl-esr suggest-k --config suggest_k.yaml --student_adapter_path my-lora --load_in_4bit \\
     --probe_k_grid 0 100 300 --answer_column solution
 ```
+
+The models are loaded from TRL's `ModelConfig` (`--model_name_or_path`, `--model_revision`, `--dtype`,
+`--load_in_4bit`, ...; `trl_esr.inference`), and the pair is checked with the trainer's own rule (`trl_esr.pairing`):
+the teacher must read the student's token ids over one vocabulary, as on the trainer's fast path.
 
 Exit codes: 0 = k recommended; 2 = bad input (arguments, dataset, models); 3 = no recommendation possible (the
 teacher and student agree too closely for the KL curve to say anything; the report is still written); 1 = a crash and
@@ -23,10 +28,12 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
-import torch
-from trl import TrlParser
+from trl import ModelConfig, TrlParser
 
+from .. import inference
+from ..inference import InferenceModelConfig
 from .decay import boxed_answer_checker
 from .prompts import prompt_from_row
 from .recommend import DEFAULT_THRESHOLD
@@ -43,21 +50,14 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 @dataclass
 class SuggestKArguments:
-    """Arguments of `trl-esr suggest-k`; names follow TRL's scripts (`ModelConfig`, `ScriptArguments`)."""
+    """Arguments of `trl-esr suggest-k` besides the models' (TRL's `ModelConfig`, applied to both models); names follow
+    TRL's scripts (`ScriptArguments`, `DistillationConfig.teacher_model_name_or_path`)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Student model (Hub id or local path)."})
     teacher_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Teacher model; must share the student's tokenizer."}
+        default=None, metadata={"help": "Teacher model; it must read the student's token ids (the same vocabulary)."}
     )
     student_adapter_path: str | None = field(
         default=None, metadata={"help": "Optional PEFT (LoRA) adapter loaded on top of the student."}
-    )
-    load_in_4bit: bool = field(
-        default=False, metadata={"help": "Load both models in 4 bits with bitsandbytes (NF4, bfloat16 compute; GPU)."}
-    )
-    dtype: str = field(
-        default="auto",
-        metadata={"help": "dtype to load the models in.", "choices": ["auto", "bfloat16", "float16", "float32"]},
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset to take prompts from."})
     dataset_files: list[str] | None = field(
@@ -106,20 +106,23 @@ class SuggestKArguments:
     )
 
 
+def make_parser() -> TrlParser:
+    return TrlParser((SuggestKArguments, InferenceModelConfig), prog="trl-esr suggest-k")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        (args,) = TrlParser(SuggestKArguments, prog="trl-esr suggest-k").parse_args_and_config(argv)
+        args, model_args = make_parser().parse_args_and_config(argv)
     except SystemExit as exit_:  # argparse: --help (0) or a bad argument (2)
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
-    except (ValueError, OSError) as error:  # an unreadable --config file
+    except (ValueError, OSError) as error:  # an unreadable --config file, `ModelConfig`'s own checks
         return _bad_input(error)
     try:
-        _validate(args)
+        _validate(args, model_args)
         rows = _load_prompt_rows(args)
-        resuming = check_resumable(
-            args.output_dir, _measured_settings(args, len(rows)), [prompt_from_row(row) for row in rows]
-        )
-        student, teacher, tokenizer = _load_models(args)
+        settings = _measured_settings(args, model_args, len(rows))
+        resuming = check_resumable(args.output_dir, settings, [prompt_from_row(row) for row in rows])
+        student, teacher, tokenizer = _load_models(args, model_args)
     except (ValueError, OSError) as error:
         return _bad_input(error)
     if resuming:
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             student, teacher, tokenizer, rows, args.max_completion_length, args.temperature, args.top_p,
             args.batch_size, args.seed, args.threshold, args.probe_k_grid,
             boxed_answer_checker(args.answer_column) if args.probe_k_grid else None,
-            save_dir=args.output_dir, run_identity=_run_identity(args),
+            save_dir=args.output_dir, run_identity=_run_identity(args, model_args),
         )  # fmt: skip
     except KeyboardInterrupt as interrupt:
         return _stopped("interrupted", interrupt, EXIT_INTERRUPTED)
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return _stopped(f"failed ({type(error).__name__})", error, EXIT_FAILED)
     try:
-        paths = write_report(result, args.output_dir, extra_settings=_model_settings(args))
+        paths = write_report(result, args.output_dir, extra_settings=_model_settings(args, model_args))
     except Exception as error:
         traceback.print_exc()
         error.add_note(f"The measurements are kept in {args.output_dir}: {ROLLOUTS_FILE} and {SCORES_FILE}.")
@@ -149,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_RECOMMENDED if result.recommendation.k is not None else EXIT_NO_RECOMMENDATION
 
 
-def _validate(args: SuggestKArguments) -> None:
+def _validate(args: SuggestKArguments, model_args: ModelConfig) -> None:
     """Every argument that can be checked without loading anything; raises `ValueError` naming the option."""
     from ..validation import check_model_path, check_output_dir, resolve_dataset_source
 
-    if args.model_name_or_path is None or args.teacher_model_name_or_path is None:
+    if model_args.model_name_or_path is None or args.teacher_model_name_or_path is None:
         raise ValueError("Both `--model_name_or_path` and `--teacher_model_name_or_path` are required.")
     if (args.dataset_name is None) == (args.dataset_files is None):
         raise ValueError("Give exactly one of `--dataset_name` (Hub) and `--dataset_files` (local files).")
@@ -175,7 +178,7 @@ def _validate(args: SuggestKArguments) -> None:
             f"Every `--probe_k_grid` value must be in [0, {args.max_completion_length}) (`--max_completion_length`); "
             f"got {args.probe_k_grid}."
         )
-    check_model_path("model_name_or_path", args.model_name_or_path)
+    check_model_path("model_name_or_path", model_args.model_name_or_path)
     check_model_path("teacher_model_name_or_path", args.teacher_model_name_or_path)
     check_model_path("student_adapter_path", args.student_adapter_path, adapter=True)
     args.dataset_name, args.dataset_files = resolve_dataset_source(args.dataset_name, args.dataset_files)
@@ -206,32 +209,40 @@ def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
     return list(dataset)
 
 
-def _load_models(args: SuggestKArguments):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+# The `ESRConfig` fields `TokenizerPairing.detect` reads, at their defaults: suggest-k only asks which relation the
+# pair has (an aligned pair is refused, so there is nothing to force or to tune).
+_PAIRING_DEFAULTS = SimpleNamespace(trust_remote_code=False, teacher_tokenizer_name_or_path=None,
+                                    tokenizer_alignment="auto", min_shared_vocab_fraction=0.0)  # fmt: skip
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
-    if tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
-        raise ValueError(
-            "The student and teacher tokenizers differ. The per-token KL compares next-token distributions over one "
-            "shared vocabulary; cross-tokenizer pairs are not supported by `suggest-k`."
-        )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # base models often have none; padding is masked anyway
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    kwargs = {"dtype": args.dtype, "device_map": {"": device}}
-    if args.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+def _load_models(args: SuggestKArguments, model_args: ModelConfig):
+    """The student (with its adapter), the teacher and the student's tokenizer. The pair is checked first, from the
+    tokenizers and the configs' head sizes, with the trainer's rule: the per-token KL compares next-token
+    distributions over one vocabulary, so the teacher must read the student's ids with heads of the same size."""
+    from transformers import AutoTokenizer
+
+    from ..pairing import TokenizerPairing
+
+    student_name, teacher_name = model_args.model_name_or_path, args.teacher_model_name_or_path
+    tokenizer = inference.load_tokenizer(student_name, model_args.model_revision)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_name)
+    try:
+        pairing = TokenizerPairing.detect(_PAIRING_DEFAULTS, student_name, teacher_name, tokenizer, teacher_tokenizer)
+    except ValueError:  # only the aligned path refuses a pair here (e.g. a slow teacher tokenizer): refused below too
+        pairing = None
+    if pairing is None or not pairing.full_vocabulary:
+        reason = (
+            "their heads have different sizes (`vocab_size`)"
+            if pairing is not None and pairing.mode == "padded"
+            else "the tokenizers differ (some student token has another id, or none, in the teacher's)"
         )
-    student = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **kwargs)
-    teacher = AutoModelForCausalLM.from_pretrained(args.teacher_model_name_or_path, **kwargs)
-    if student.config.get_text_config().vocab_size != teacher.config.get_text_config().vocab_size:
         raise ValueError(
-            f"The student's vocab_size ({student.config.get_text_config().vocab_size}) differs from the teacher's "
-            f"({teacher.config.get_text_config().vocab_size}); the per-token KL needs one shared vocabulary."
+            f"The student and the teacher do not share one vocabulary: {reason}. The per-token KL compares "
+            "next-token distributions over one vocabulary, so `suggest-k` needs a teacher that reads the student's "
+            "token ids with a head of the same size (the trainer supports the other pairs: docs/cross-family.md)."
         )
+    student = inference.load_causal_lm(student_name, model_args, model_args.model_revision)
+    teacher = inference.load_causal_lm(teacher_name, model_args)
     if args.student_adapter_path is not None:
         from peft import PeftModel
 
@@ -239,20 +250,24 @@ def _load_models(args: SuggestKArguments):
     return student, teacher, tokenizer
 
 
-def _model_settings(args: SuggestKArguments) -> dict:
+# The `ModelConfig` fields that change the numbers: a run is resumed only with the same ones.
+_MODEL_OPTIONS = ("model_revision", "dtype", "attn_implementation", "load_in_4bit", "load_in_8bit",
+                  "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage")  # fmt: skip
+
+
+def _model_settings(args: SuggestKArguments, model_args: ModelConfig) -> dict:
     return {
-        "model_name_or_path": args.model_name_or_path,
+        "model_name_or_path": model_args.model_name_or_path,
         "teacher_model_name_or_path": args.teacher_model_name_or_path,
         "student_adapter_path": args.student_adapter_path,
-        "load_in_4bit": args.load_in_4bit,
-        "dtype": args.dtype,
+        **{name: getattr(model_args, name) for name in _MODEL_OPTIONS},
         "dataset": args.dataset_name or args.dataset_files,
         "dataset_split": args.dataset_split,
         "prompt_column": args.prompt_column,
     }
 
 
-def _measured_settings(args: SuggestKArguments, num_prompts: int) -> dict:
+def _measured_settings(args: SuggestKArguments, model_args: ModelConfig, num_prompts: int) -> dict:
     """The settings `run_diagnostics` saves with its partial results (see `run.measured_settings`)."""
     settings = {
         "num_prompts": num_prompts,
@@ -262,13 +277,13 @@ def _measured_settings(args: SuggestKArguments, num_prompts: int) -> dict:
         "batch_size": args.batch_size,
         "seed": args.seed,
     }
-    return measured_settings(settings, _run_identity(args))
+    return measured_settings(settings, _run_identity(args, model_args))
 
 
-def _run_identity(args: SuggestKArguments) -> dict:
+def _run_identity(args: SuggestKArguments, model_args: ModelConfig) -> dict:
     """The model and dataset settings, plus the size and time of each local model file: partial results are reused
     only for the same models (a student retrained into the same folder is another model)."""
-    identity = _model_settings(args)
+    identity = _model_settings(args, model_args)
     for name in ("model_name_or_path", "teacher_model_name_or_path", "student_adapter_path"):
         folder = Path(identity[name]).expanduser() if identity[name] else None
         if folder is not None and folder.is_dir():
