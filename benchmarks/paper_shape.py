@@ -53,7 +53,7 @@ from trl import DistillationConfig, DistillationTrainer
 from benchmarks.step_time import StepTimer, _device_name, _peak_memory_mib, _reset_peak_memory
 from trl_esr import ESRConfig, ESRDistillTrainer
 from trl_esr import loss as loss_module
-from trl_esr.tiny_models import build_word_tokenizer, save_pretrained
+from trl_esr.demo.tiny_models import build_word_tokenizer, save_pretrained
 
 
 REPO = Path(__file__).resolve().parents[1]

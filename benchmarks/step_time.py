@@ -25,7 +25,7 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import DistillationConfig, DistillationTrainer
 
 from trl_esr import ESRConfig, ESRDistillTrainer, cross_tokenizer
-from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
 
 
 # Student/teacher shapes. "tiny" is the test suite's pair; "medium" a student of tens of millions of parameters

@@ -26,7 +26,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 
 from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
-from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained  # noqa: E402
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained  # noqa: E402
 
 
 WORDS = [f"w{i}" for i in range(2000)]

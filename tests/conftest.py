@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
-from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained  # noqa: E402
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained  # noqa: E402
 
 
 WORDS = [f"w{i}" for i in range(40)]

@@ -16,7 +16,7 @@ from datasets import Dataset  # noqa: E402
 from helpers import DivergenceSpy, record_batches  # noqa: E402
 
 from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
-from trl_esr.tiny_models import build_word_tokenizer  # noqa: E402
+from trl_esr.demo.tiny_models import build_word_tokenizer  # noqa: E402
 
 
 def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1: str = "", alignment="auto") -> None:

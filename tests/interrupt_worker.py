@@ -16,7 +16,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
-from trl_esr.tiny_models import build_word_tokenizer  # noqa: E402
+from trl_esr.demo.tiny_models import build_word_tokenizer  # noqa: E402
 
 
 class SigtermAtStep(TrainerCallback):

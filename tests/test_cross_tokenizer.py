@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from trl_esr.cross_tokenizer import Aligner, SharedVocabulary
-from trl_esr.tiny_models import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_causal_lm, save_pretrained
+from trl_esr.demo.tiny_models import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_causal_lm, save_pretrained
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from trl_esr.demo.tiny_models import build_tiny_causal_lm
 from trl_esr.diagnostics import (
     PositionStats,
     boxed_answer_checker,
@@ -14,7 +15,6 @@ from trl_esr.diagnostics import (
     summarize,
     teacher_decay_probe,
 )
-from trl_esr.tiny_models import build_tiny_causal_lm
 
 
 # Expected k worked out by hand with threshold 0.45: the first k whose cumulative sum reaches 0.45 x total.

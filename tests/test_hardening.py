@@ -9,8 +9,8 @@ import pytest
 from datasets import Dataset
 
 import trl_esr.evaluation as evaluation
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 from trl_esr.evaluation import EvaluateArguments, evaluate
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 # examples/scripts/evaluate_boxed.py (trl_esr/evaluation.py)

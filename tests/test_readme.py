@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import trl_esr
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 README = Path(__file__).parent.parent / "README.md"

@@ -16,7 +16,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from trl_esr import ESRDistillTrainer
 from trl_esr.cross_tokenizer import Aligner, SharedVocabulary
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 @pytest.fixture(scope="session")

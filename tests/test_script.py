@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from script_worker import run_script
 
 from trl_esr.data import load_prompt_dataset, to_prompt_dataset
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 from trl_esr.scripts.esr_distill import ESRScriptArguments
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 HERE = Path(__file__).parent

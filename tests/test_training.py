@@ -13,7 +13,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
 from trl_esr import esr_k_at_step
-from trl_esr.tiny_models import save_pretrained
+from trl_esr.demo.tiny_models import save_pretrained
 
 
 def test_self_distillation_has_zero_loss(make_trainer, model_paths, make_args):

@@ -6,7 +6,7 @@ import logging
 import pytest
 from datasets import Dataset
 
-from trl_esr.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
 
 
 def chat(text):

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 import trl.generation.vllm_generation as trl_vllm_generation  # noqa: E402
 
 from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained  # noqa: E402
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained  # noqa: E402
 
 
 # vLLM's CPU attention kernels support head sizes 32, 64, 80, ... (`CPUAttentionBackend.get_supported_head_sizes`):

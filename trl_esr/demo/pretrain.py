@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 
 from .task import derivation, prompt, shortcut
 

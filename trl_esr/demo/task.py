@@ -15,7 +15,7 @@ import random
 
 from transformers import PreTrainedTokenizerFast
 
-from trl_esr.tiny_models import build_word_tokenizer
+from trl_esr.demo.tiny_models import build_word_tokenizer
 
 
 VOCAB = [str(d) for d in range(10)] + ["+", "=", ";", "answer"]
