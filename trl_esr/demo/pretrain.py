@@ -7,7 +7,9 @@ laid out exactly as TRL lays out a rollout (the chat template's generation promp
 """
 
 import json
+import multiprocessing
 import random
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 
-from .task import derivation, prompt, shortcut
+from .task import build_tokenizer, derivation, prompt, shortcut
 
 
 def chat_prompt(a: int, b: int, n_digits: int) -> list[dict]:
@@ -69,6 +71,7 @@ def supervised_finetune(
     seed: int,
     desc: str,
     shortcut_fraction: float = 0.0,
+    position: int = 0,
 ) -> PreTrainedModel:
     """AdamW with linear warm-up and cosine decay on random mini-batches of `pairs` (with replacement)."""
     responses = sft_responses(pairs, n_digits, shortcut_fraction, seed)
@@ -84,7 +87,7 @@ def supervised_finetune(
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    bar = tqdm(range(steps), desc=desc, unit="step")
+    bar = tqdm(range(steps), desc=desc, unit="step", position=position)
     for _ in bar:
         index = torch.randint(len(pairs), (batch_size,), generator=generator).to(device)
         loss = model(input_ids=input_ids[index], attention_mask=attention_mask[index], labels=labels[index]).loss
@@ -113,24 +116,21 @@ class ModelRecipe:
     shortcut_fraction: float = 0.0  # share of SFT examples in the shortcut format (the early-decision student)
 
 
-def load_or_pretrain(
-    name: str,
-    recipe: ModelRecipe,
-    tokenizer: PreTrainedTokenizerFast,
-    pairs: list[tuple[int, int]],
-    path: Path,
-    device,
-) -> PreTrainedModel:
-    """The model saved at `path` if it was built from this exact recipe, else a fresh one trained and saved there."""
+def is_cached(recipe: ModelRecipe, path: Path) -> bool:
+    """Whether `path` holds a model built from this exact recipe."""
     recipe_file = path / "demo_recipe.json"
-    if recipe_file.exists() and json.loads(recipe_file.read_text()) == asdict(recipe):
-        print(f"Reusing the cached {name} from {path} (delete it to retrain).")
-        return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    return recipe_file.exists() and json.loads(recipe_file.read_text()) == asdict(recipe)
+
+
+def pretrain(name: str, recipe: ModelRecipe, pairs: list[tuple[int, int]], path: Path, device, position: int = 0):
+    """Train one model from scratch on `pairs` and save it (with its recipe, the cache key) at `path`."""
     print(
         f"Training the {name} from scratch: {recipe.architecture}, hidden size {recipe.hidden_size}, "
         f"{recipe.num_layers} layers, {recipe.sft_steps} SFT steps of {recipe.sft_batch_size} examples"
-        + (f", {recipe.shortcut_fraction:.0%} of them in the shortcut format." if recipe.shortcut_fraction else ".")
+        + (f", {recipe.shortcut_fraction:.0%} of them in the shortcut format." if recipe.shortcut_fraction else "."),
+        flush=True,
     )
+    tokenizer = build_tokenizer()
     model = build_tiny_causal_lm(
         tokenizer,
         recipe.architecture,
@@ -141,17 +141,45 @@ def load_or_pretrain(
         seed=recipe.seed,
     ).to(device)
     supervised_finetune(
-        model,
-        tokenizer,
-        pairs,
-        recipe.n_digits,
-        recipe.sft_steps,
-        recipe.sft_batch_size,
-        recipe.learning_rate,
-        recipe.seed,
-        desc=f"SFT {name}",
-        shortcut_fraction=recipe.shortcut_fraction,
-    )
+        model, tokenizer, pairs, recipe.n_digits, recipe.sft_steps, recipe.sft_batch_size, recipe.learning_rate,
+        recipe.seed, desc=f"SFT {name}", shortcut_fraction=recipe.shortcut_fraction, position=position,
+    )  # fmt: skip
     save_pretrained(model, tokenizer, path)
-    recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
-    return model
+    (path / "demo_recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+
+
+def _pretrain_in_worker(name, recipe, pairs, path, position, threads):
+    torch.set_num_threads(threads)
+    pretrain(name, recipe, pairs, path, "cpu", position)
+
+
+def pretrain_missing(
+    jobs: list[tuple[str, ModelRecipe, Path]], pairs: list[tuple[int, int]], device, workers: int, threads: int
+) -> None:
+    """Train every model of `jobs` (name, recipe, path) whose cache is missing or was built from another recipe.
+
+    On a CPU with `workers` > 1 the models train side by side in spawned processes with `threads` torch threads
+    each: they are independent, and two 1-thread processes keep two cores busier than one 2-thread process (docs/
+    demo.md has the timings). Longest first, so that the short ones fill in. On a GPU they train one after another.
+    """
+    todo = [(name, recipe, path) for name, recipe, path in jobs if not is_cached(recipe, path)]
+    for name, recipe, path in jobs:
+        if (name, recipe, path) not in todo:
+            print(f"Reusing the cached {name} from {path} (delete it to retrain).")
+    todo.sort(key=lambda job: job[1].sft_steps * job[1].hidden_size ** 2 * job[1].num_layers, reverse=True)
+    if device != "cpu" or workers < 2 or len(todo) < 2:
+        for name, recipe, path in todo:
+            pretrain(name, recipe, pairs, path, device)
+        return
+    context = multiprocessing.get_context("spawn")  # fork after torch has started its thread pool can hang
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+        futures = [
+            pool.submit(_pretrain_in_worker, name, recipe, pairs, path, position, threads)
+            for position, (name, recipe, path) in enumerate(todo)
+        ]
+        for future in futures:
+            future.result()  # re-raises a worker's error here
+
+
+def load_pretrained(path: Path, device) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(path).to(device).eval()

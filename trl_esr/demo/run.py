@@ -16,7 +16,7 @@ from transformers.utils import logging as transformers_logging
 
 from .distill import DistillSettings, RunResult, distill
 from .evaluate import greedy_accuracy, per_position_reverse_kl
-from .pretrain import ModelRecipe, chat_prompt, load_or_pretrain
+from .pretrain import ModelRecipe, chat_prompt, load_pretrained, pretrain_missing
 from .regimes import Regime, predict
 from .report import write_report
 from .task import build_tokenizer, make_splits, response_length
@@ -49,7 +49,7 @@ class Settings:
     kl_rollouts: int = 32
     diagnostics_prompts: int = 64
     threads: int = 1  # distillation: per-step cost of ESR lowest at 1 thread (docs/demo.md)
-    pretrain_threads: int = 2  # SFT's batched matmuls: 1.5x faster with 2 threads than 1 on this 2-core CPU
+    pretrain_workers: int = 2  # CPU: the three models pre-train side by side, one thread each (docs/demo.md)
 
 
 QUICK = Settings(
@@ -68,6 +68,7 @@ QUICK = Settings(
     num_seeds=1,
     kl_rollouts=8,
     diagnostics_prompts=8,
+    pretrain_workers=1,  # tests/test_demo.py checks the parallel path on its own
 )
 QUICK_NOTICE = "`--quick` run: tiny models and a few steps, a check of the plumbing only; its numbers mean nothing."
 
@@ -118,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _student_name(regime: Regime) -> str:
+    return "student-" + regime.name.replace(" ", "-")
+
+
 class _Demo:
     """The shared pieces (tokenizer, splits, teacher) and one regime's runs."""
 
     def __init__(self, settings: Settings, seed: int, device: str, max_completion_length: int, output_dir: Path):
         self.settings, self.seed, self.device, self.output_dir = settings, seed, device, output_dir
-        self.pretrain_seconds = 0.0  # pre-training or loading the cached models
         self.tokenizer = build_tokenizer()
         sizes = {"sft": settings.sft_examples, "distill": settings.distill_prompts, "test": settings.test_size}
         self.splits = make_splits(settings.n_digits, sizes, seed=seed)
@@ -131,27 +135,29 @@ class _Demo:
             max_completion_length, settings.steps, settings.batch_size, 0.0, settings.eval_every,
             settings.guard_every, settings.guard_rollouts, use_cpu=device == "cpu",
         )  # fmt: skip
-        architecture, hidden_size, num_layers, sft_steps = settings.teacher
-        self.teacher_path = output_dir / "models" / "teacher"
-        self.teacher = self._pretrain("teacher", architecture, hidden_size, num_layers, sft_steps, 0.0, seed + 1)
+        started = time.perf_counter()
+        jobs = self._pretrain_jobs()
+        pretrain_missing(jobs, self.splits["sft"], device, settings.pretrain_workers, threads=1)
+        self.teacher_path = jobs[0][2]
+        self.teacher = load_pretrained(self.teacher_path, device)
+        self.pretrain_seconds = time.perf_counter() - started  # pre-training or loading the cached models
         self.teacher_accuracy = self.evaluate(self.teacher)
         print(f"Teacher accuracy on {settings.test_size} held-out problems: {self.teacher_accuracy:.1%}.")
 
-    def _pretrain(self, name, architecture, hidden_size, num_layers, sft_steps, shortcut_fraction, seed):
-        s = self.settings
-        recipe = ModelRecipe(
-            architecture, hidden_size, num_layers, sft_steps, s.sft_batch_size, s.sft_learning_rate, s.n_digits, seed,
-            shortcut_fraction,
-        )  # fmt: skip
-        path = self.output_dir / "models" / name
-        started, threads = time.perf_counter(), torch.get_num_threads()
-        torch.set_num_threads(s.pretrain_threads)
-        try:
-            model = load_or_pretrain(name, recipe, self.tokenizer, self.splits["sft"], path, self.device)
-        finally:
-            torch.set_num_threads(threads)
-        self.pretrain_seconds += time.perf_counter() - started
-        return model
+    def _pretrain_jobs(self) -> list[tuple[str, ModelRecipe, Path]]:
+        """(name, recipe, path) of the teacher, then of each regime's student."""
+        s, models = self.settings, self.output_dir / "models"
+        architecture, hidden_size, num_layers, sft_steps = s.teacher
+        common = (s.sft_batch_size, s.sft_learning_rate, s.n_digits)
+        jobs = [("teacher", ModelRecipe(architecture, hidden_size, num_layers, sft_steps, *common, self.seed + 1))]
+        architecture, hidden_size, num_layers = s.student
+        for regime in s.regimes:
+            recipe = ModelRecipe(
+                architecture, hidden_size, num_layers, regime.student_sft_steps, *common, self.seed + 2,
+                regime.shortcut_fraction,
+            )  # fmt: skip
+            jobs.append((_student_name(regime), recipe))
+        return [(name, recipe, models / name) for name, recipe in jobs]
 
     def evaluate(self, model) -> float:
         length = self.distill_settings.max_completion_length
@@ -167,12 +173,10 @@ class _Demo:
     def run_regime(self, regime: Regime) -> dict:
         s, n = self.settings, self.settings.n_digits
         slug = regime.name.replace(" ", "-")
-        student_name = f"student-{slug}"
-        architecture, hidden_size, num_layers = s.student
-        student = self._pretrain(
-            student_name, architecture, hidden_size, num_layers, regime.student_sft_steps, regime.shortcut_fraction,
-            self.seed + 2,
-        )  # fmt: skip
+        student_name = _student_name(regime)
+        started = time.perf_counter()
+        student = load_pretrained(self.output_dir / "models" / student_name, self.device)
+        self.pretrain_seconds += time.perf_counter() - started
         student_accuracy = self.evaluate(student)
         print(f"\n== Regime: {regime.title}. Student accuracy before distillation: {student_accuracy:.1%}.")
         prediction = predict(
@@ -204,7 +208,7 @@ class _Demo:
                 )
                 result, model = distill(
                     method, k, guard, seed, str(self.output_dir / "models" / student_name), str(self.teacher_path),
-                    self.tokenizer, prompts, self.evaluate, settings, str(run_dir),
+                    self.tokenizer, prompts, self.evaluate, settings, str(run_dir), student_accuracy,
                 )  # fmt: skip
                 kept = f" (guard kept step {result.kept_step})" if result.kept_step is not None else ""
                 print(f"  accuracy {result.final_accuracy:.1%}{kept} after {result.wall_seconds:.1f} s of training.")
@@ -228,7 +232,7 @@ class _Demo:
             f"({response_length(s.n_digits)} words + EOS)",
             "device": self.device,
             "threads": s.threads,
-            "pretrain_threads": s.pretrain_threads,
+            "pretrain_workers": s.pretrain_workers,
             "settings": {key: value for key, value in s.__dict__.items() if key != "regimes"} | {"seed": self.seed},
             "teacher": "{} hidden size {}, {} layers, {} SFT steps".format(*s.teacher),
             "student": "{} hidden size {}, {} layers".format(*s.student),
