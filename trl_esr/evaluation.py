@@ -173,7 +173,8 @@ def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float
 def generate_vllm(model_name_or_path: str, prompts: list[str], n: int, temperature: float, top_p: float,
                   max_new_tokens: int, **llm_kwargs) -> list[list[str]]:  # fmt: skip
     """n sampled responses per prompt with vLLM, in one engine call; `llm_kwargs` go to `vllm.LLM` (e.g. `dtype`,
-    `revision`). Not exercised by this project's CPU-only tests."""
+    `revision`). `tests/vllm_engine/test_evaluation_vllm.py` checks it against `generate_hf` (greedy, vLLM's CPU
+    build)."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_name_or_path, **llm_kwargs)

@@ -1,0 +1,30 @@
+"""`trl-esr evaluate --use_vllm` with a real vLLM engine: greedy, it writes the responses HF `generate` gives."""
+
+import json
+
+from datasets import Dataset
+
+from trl_esr.evaluation import chat_prompts, generate_hf
+from trl_esr.inference import InferenceModelConfig, load_causal_lm, load_tokenizer
+from trl_esr.scripts.evaluate_boxed import EvaluateArguments, evaluate
+from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
+
+
+def test_vllm_greedy_responses_are_hf_generates(tokenizer, tmp_path):
+    # A Llama folder (AutoTokenizer keeps the word tokenizer) with a head size vLLM's CPU attention supports (32).
+    model = save_pretrained(build_tiny_causal_lm(tokenizer, "llama", hidden_size=64, num_heads=2), tokenizer,
+                            tmp_path / "m")  # fmt: skip
+    problems = ["w1 w2", "w3 w4 w5", "w6"]
+    Dataset.from_dict({"problem": problems, "answer": ["w1", "w2", "w3"]}).to_json(tmp_path / "math.jsonl")
+    out = tmp_path / "vllm.jsonl"
+    args = EvaluateArguments(dataset_name=str(tmp_path / "math.jsonl"), system_prompt="w9", n=1, temperature=0,
+                             top_p=1.0, max_new_tokens=4, use_vllm=True, output_file=str(out))  # fmt: skip
+    model_args = InferenceModelConfig(model_name_or_path=model, dtype="float32")
+    assert evaluate(args, model_args)["problems"] == 3
+    vllm_responses = [json.loads(line)["responses"] for line in out.read_text().splitlines()]
+
+    hf_tokenizer = load_tokenizer(model)
+    prompts = chat_prompts(hf_tokenizer, problems, "w9")
+    hf_responses = generate_hf(load_causal_lm(model, model_args), hf_tokenizer, prompts, 1, 0, 1.0, 4)
+    # vLLM's incremental detokenizer puts a space before a word-level tokenizer's first word; the words are the same
+    assert [[r.strip() for r in rs] for rs in vllm_responses] == hf_responses and all(rs[0] for rs in hf_responses)
