@@ -7,8 +7,8 @@ import yaml
 from conftest import WORDS
 
 from trl_esr.cli import main as trl_esr_main
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 from trl_esr.diagnostics.cli import EXIT_BAD_INPUT, EXIT_NO_RECOMMENDATION, EXIT_RECOMMENDED, main
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -436,7 +436,7 @@ def other_pairs(tmp_path_factory, tokenizer):
 
 def copy_with_swapped_words(tokenizer):
     """The word tokenizer with two words' ids swapped: same size, another token -> id mapping."""
-    from trl_esr.tiny_models import build_word_tokenizer
+    from trl_esr.demo.tiny_models import build_word_tokenizer
 
     words = [f"w{i}" for i in range(40)]
     words[0], words[1] = words[1], words[0]

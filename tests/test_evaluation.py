@@ -6,10 +6,10 @@ import json
 import pytest
 from datasets import Dataset
 
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 from trl_esr.evaluation import answers_match, boxed_answers, extract_answer, normalize_answer, score_responses
 from trl_esr.inference import InferenceModelConfig
 from trl_esr.scripts.evaluate_boxed import EvaluateArguments, evaluate, main
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 @pytest.mark.parametrize(

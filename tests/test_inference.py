@@ -5,8 +5,8 @@ import copy
 import torch
 from trl import ModelConfig
 
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 from trl_esr.inference import InferenceModelConfig, load_causal_lm, load_tokenizer, model_init_kwargs
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 def test_defaults_keep_the_checkpoints_dtype_where_trl_trains_in_float32(tokenizer, tmp_path):

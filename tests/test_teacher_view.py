@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 from helpers import DivergenceSpy
 
-from trl_esr.tiny_models import CHAT_TEMPLATE, build_tiny_causal_lm, save_pretrained
+from trl_esr.demo.tiny_models import CHAT_TEMPLATE, build_tiny_causal_lm, save_pretrained
 
 
 def capture_input_ids(model) -> list[torch.Tensor]:

@@ -4,10 +4,10 @@ import json
 
 from datasets import Dataset
 
+from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 from trl_esr.evaluation import chat_prompts, generate_hf
 from trl_esr.inference import InferenceModelConfig, load_causal_lm, load_tokenizer
 from trl_esr.scripts.evaluate_boxed import EvaluateArguments, evaluate
-from trl_esr.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 def test_vllm_greedy_responses_are_hf_generates(tokenizer, tmp_path):
