@@ -1,7 +1,7 @@
 """Offline demo: ESR vs full-rollout on-policy distillation of a tiny student on a synthetic task (`trl-esr demo`).
 
-`main` is imported on first use: the demo's pre-training workers import `trl_esr.demo.pretrain`, and must not pay
-for TRL (imported by `run`) just to train three small models.
+`main` is imported on first use, so that the tests and benchmarks that build models with `trl_esr.demo.tiny_models`
+do not pay for TRL (imported by `run`).
 """
 
 from .._lazy import lazy_exports

@@ -73,14 +73,12 @@ class _AccuracyCurve(TrainerCallback):
     `esr/tokens_generated` is already counted and a stop by the guard is already decided.
     """
 
-    def __init__(
-        self, evaluate: Callable[[PreTrainedModel], float], every: int, result: RunResult, initial: float | None
-    ):
-        self.evaluate, self.every, self.result, self.initial = evaluate, every, result, initial
+    def __init__(self, evaluate: Callable[[PreTrainedModel], float], every: int, result: RunResult):
+        self.evaluate, self.every, self.result = evaluate, every, result
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._start, self._eval_seconds, self._tokens = time.perf_counter(), 0.0, 0
-        self._record(state, model, self.initial)
+        self._record(state, model)
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if not logs or "esr/tokens_generated" not in logs:
@@ -90,11 +88,11 @@ class _AccuracyCurve(TrainerCallback):
         if state.global_step % self.every == 0 or last:
             self._record(state, model)
 
-    def _record(self, state, model: PreTrainedModel, accuracy: float | None = None) -> None:
+    def _record(self, state, model: PreTrainedModel) -> None:
         now = time.perf_counter()
         train_seconds = now - self._start - self._eval_seconds
         tokens = int(self._tokens) + self.result.tokens_measured
-        accuracy = self.evaluate(model) if accuracy is None else accuracy
+        accuracy = self.evaluate(model)
         self._eval_seconds += time.perf_counter() - now
         point = {"step": state.global_step, "train_seconds": train_seconds, "tokens": tokens, "accuracy": accuracy}
         self.result.curve.append(point)
@@ -133,12 +131,8 @@ def distill(
     evaluate: Callable[[PreTrainedModel], float],
     settings: DistillSettings,
     output_dir: str,
-    initial_accuracy: float | None = None,
 ) -> tuple[RunResult, PreTrainedModel]:
     """Distil the teacher into the student; returns the measurements and the model the run hands over.
-
-    `initial_accuracy`, the student's accuracy before training if the caller measured it, is the curve's step-0
-    point (greedy evaluation is deterministic, so measuring the same weights again only costs time).
 
     `output_dir` belongs to the demo: a previous demo run's checkpoints there are deleted first (the trainer refuses
     to train over checkpoints it was not told to resume from).
@@ -177,7 +171,7 @@ def distill(
     _count_measured_tokens(trainer, result)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_QuietProgress)
-    trainer.add_callback(_AccuracyCurve(evaluate, settings.eval_every, result, initial_accuracy))
+    trainer.add_callback(_AccuracyCurve(evaluate, settings.eval_every, result))
     trainer.train()
 
     logs = trainer.state.log_history

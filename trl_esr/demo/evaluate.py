@@ -1,5 +1,7 @@
 """Greedy exact-match accuracy on the held-out split, with full-length generation (never capped at k)."""
 
+import hashlib
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -7,6 +9,16 @@ from ..diagnostics import sample_completions, score_completions, summarize
 from ..diagnostics.per_position import seeded_sampling
 from .pretrain import encode_prompts
 from .task import is_correct
+
+
+def weights_digest(model: PreTrainedModel) -> str:
+    """A SHA-256 of every tensor of `model`'s state dict (name, dtype, shape and bytes): equal exactly when the
+    weights are."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @torch.no_grad()

@@ -7,9 +7,7 @@ laid out exactly as TRL lays out a rollout (the chat template's generation promp
 """
 
 import json
-import multiprocessing
 import random
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,7 +69,6 @@ def supervised_finetune(
     seed: int,
     desc: str,
     shortcut_fraction: float = 0.0,
-    position: int = 0,
 ) -> PreTrainedModel:
     """AdamW with linear warm-up and cosine decay on random mini-batches of `pairs` (with replacement)."""
     responses = sft_responses(pairs, n_digits, shortcut_fraction, seed)
@@ -87,7 +84,7 @@ def supervised_finetune(
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    bar = tqdm(range(steps), desc=desc, unit="step", position=position)
+    bar = tqdm(range(steps), desc=desc, unit="step")
     for _ in bar:
         index = torch.randint(len(pairs), (batch_size,), generator=generator).to(device)
         loss = model(input_ids=input_ids[index], attention_mask=attention_mask[index], labels=labels[index]).loss
@@ -122,13 +119,12 @@ def is_cached(recipe: ModelRecipe, path: Path) -> bool:
     return recipe_file.exists() and json.loads(recipe_file.read_text()) == asdict(recipe)
 
 
-def pretrain(name: str, recipe: ModelRecipe, pairs: list[tuple[int, int]], path: Path, device, position: int = 0):
+def pretrain(name: str, recipe: ModelRecipe, pairs: list[tuple[int, int]], path: Path, device) -> None:
     """Train one model from scratch on `pairs` and save it (with its recipe, the cache key) at `path`."""
     print(
         f"Training the {name} from scratch: {recipe.architecture}, hidden size {recipe.hidden_size}, "
         f"{recipe.num_layers} layers, {recipe.sft_steps} SFT steps of {recipe.sft_batch_size} examples"
-        + (f", {recipe.shortcut_fraction:.0%} of them in the shortcut format." if recipe.shortcut_fraction else "."),
-        flush=True,
+        + (f", {recipe.shortcut_fraction:.0%} of them in the shortcut format." if recipe.shortcut_fraction else ".")
     )
     tokenizer = build_tokenizer()
     model = build_tiny_causal_lm(
@@ -142,43 +138,31 @@ def pretrain(name: str, recipe: ModelRecipe, pairs: list[tuple[int, int]], path:
     ).to(device)
     supervised_finetune(
         model, tokenizer, pairs, recipe.n_digits, recipe.sft_steps, recipe.sft_batch_size, recipe.learning_rate,
-        recipe.seed, desc=f"SFT {name}", shortcut_fraction=recipe.shortcut_fraction, position=position,
+        recipe.seed, desc=f"SFT {name}", shortcut_fraction=recipe.shortcut_fraction,
     )  # fmt: skip
     save_pretrained(model, tokenizer, path)
     (path / "demo_recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
 
 
-def _pretrain_in_worker(name, recipe, pairs, path, position, threads):
-    torch.set_num_threads(threads)
-    pretrain(name, recipe, pairs, path, "cpu", position)
-
-
 def pretrain_missing(
-    jobs: list[tuple[str, ModelRecipe, Path]], pairs: list[tuple[int, int]], device, workers: int, threads: int
+    jobs: list[tuple[str, ModelRecipe, Path]], pairs: list[tuple[int, int]], device, threads: int
 ) -> None:
-    """Train every model of `jobs` (name, recipe, path) whose cache is missing or was built from another recipe.
+    """Train, one after another with `threads` torch threads, every model of `jobs` (name, recipe, path) whose cache
+    is missing or was built from another recipe.
 
-    On a CPU with `workers` > 1 the models train side by side in spawned processes with `threads` torch threads
-    each: they are independent, and two 1-thread processes keep two cores busier than one 2-thread process (docs/
-    demo.md has the timings). Longest first, so that the short ones fill in. On a GPU they train one after another.
+    Not side by side: two 1-thread processes on this 2-core CPU trained the three models in 179 s against 186 s for
+    one 2-thread process (each process ran at about half its solo speed), not worth a process pool.
     """
-    todo = [(name, recipe, path) for name, recipe, path in jobs if not is_cached(recipe, path)]
-    for name, recipe, path in jobs:
-        if (name, recipe, path) not in todo:
-            print(f"Reusing the cached {name} from {path} (delete it to retrain).")
-    todo.sort(key=lambda job: job[1].sft_steps * job[1].hidden_size ** 2 * job[1].num_layers, reverse=True)
-    if device != "cpu" or workers < 2 or len(todo) < 2:
-        for name, recipe, path in todo:
-            pretrain(name, recipe, pairs, path, device)
-        return
-    context = multiprocessing.get_context("spawn")  # fork after torch has started its thread pool can hang
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-        futures = [
-            pool.submit(_pretrain_in_worker, name, recipe, pairs, path, position, threads)
-            for position, (name, recipe, path) in enumerate(todo)
-        ]
-        for future in futures:
-            future.result()  # re-raises a worker's error here
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name, recipe, path in jobs:
+            if is_cached(recipe, path):
+                print(f"Reusing the cached {name} from {path} (delete it to retrain).")
+            else:
+                pretrain(name, recipe, pairs, path, device)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def load_pretrained(path: Path, device) -> PreTrainedModel:

@@ -216,7 +216,7 @@ def _markdown(summary: dict, body: str, notice: str) -> str:
     return f"""# ESR vs full-rollout on-policy distillation, in two regimes
 
 {notice}Task: {summary["task"]}. Device: {summary["device"]}, {summary["threads"]} torch thread(s) for distillation
-(pre-training: {summary["pretrain_workers"]} models side by side, one thread each).
+({summary["pretrain_threads"]} for pre-training).
 
 - Teacher: {summary["teacher"]}, greedy accuracy {summary["teacher_accuracy"]:.1%}.
 - Distillation: {summary["distillation"]}. Each regime runs full rollout, ESR and ESR + guard from the same student,
