@@ -8,12 +8,13 @@ import json
 import pytest
 from datasets import Dataset
 
-import trl_esr.evaluation as evaluation
+import trl_esr.inference as inference
 from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
-from trl_esr.evaluation import EvaluateArguments, evaluate
+from trl_esr.inference import InferenceModelConfig
+from trl_esr.scripts.evaluate_boxed import EvaluateArguments, evaluate, main
 
 
-# examples/scripts/evaluate_boxed.py (trl_esr/evaluation.py)
+# `trl-esr evaluate` (trl_esr/scripts/evaluate_boxed.py; examples/scripts/evaluate_boxed.py runs it)
 
 
 @pytest.fixture
@@ -48,11 +49,11 @@ def test_evaluate_checks_every_input_before_loading_the_model(eval_setup, tmp_pa
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(evaluation, "load_model", no_loading)
+    monkeypatch.setattr(inference, "load_causal_lm", no_loading)
     for overrides, message in bad_evaluation_inputs(tmp_path, model, data):
         options = {"model_name_or_path": model, "dataset_name": data, "max_new_tokens": 2, **overrides}
         argv = [item for name, value in options.items() for item in (f"--{name}", str(value))]
-        assert evaluation.main(argv) == 2, overrides
+        assert main(argv) == 2, overrides
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("evaluate_boxed: error:")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, (overrides, err)
@@ -61,11 +62,8 @@ def test_evaluate_checks_every_input_before_loading_the_model(eval_setup, tmp_pa
 def test_evaluate_reads_a_local_file_as_dataset_name(eval_setup, tmp_path):
     model, data = eval_setup  # a .jsonl file, not a folder: it becomes the split `--dataset_split` names
     out = tmp_path / "samples.jsonl"
-    args = EvaluateArguments(
-        model_name_or_path=model, dataset_name=data, dataset_split="test[:1]", n=2, max_new_tokens=3, dtype="float32",
-        output_file=str(out),
-    )  # fmt: skip
-    assert evaluate(args)["problems"] == 1
+    args = EvaluateArguments(dataset_name=data, dataset_split="test[:1]", n=2, max_new_tokens=3, output_file=str(out))
+    assert evaluate(args, InferenceModelConfig(model_name_or_path=model, dtype="float32"))["problems"] == 1
     assert len(json.loads(out.read_text())["responses"]) == 2
 
 

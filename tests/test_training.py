@@ -133,8 +133,7 @@ def test_model_card_links_hub_datasets_and_names_local_ones(make_trainer, make_a
 
 
 # Layers on top of the core: imported where they are used, never by `from trl_esr import ESRDistillTrainer`.
-OPTIONAL_LAYERS = ("trl_esr.diagnostics", "trl_esr.evaluation", "trl_esr.demo", "trl_esr.scripts", "trl_esr.cli",
-                   "trl_esr.tiny_models")  # fmt: skip
+OPTIONAL_LAYERS = ("trl_esr.diagnostics", "trl_esr.evaluation", "trl_esr.demo", "trl_esr.scripts", "trl_esr.cli")
 
 
 def test_the_core_import_loads_no_optional_layer():

@@ -180,22 +180,3 @@ def generate_vllm(model_name_or_path: str, prompts: list[str], n: int, temperatu
     llm = LLM(model=model_name_or_path, **llm_kwargs)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
     return [[c.text for c in out.outputs] for out in llm.generate(prompts, params)]
-
-
-# Temporary aliases, for tests/test_hardening.py only, which still drives the command from this module in its former
-# one-dataclass form. Delete them once it imports `trl_esr.scripts.evaluate_boxed` (`main`, and
-# `evaluate(EvaluateArguments(...), InferenceModelConfig(model_name_or_path=..., dtype=...))`) and patches
-# `trl_esr.inference.load_causal_lm`.
-
-
-def __getattr__(name: str):
-    if name not in ("main", "EvaluateArguments", "evaluate", "load_model"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from .inference import InferenceModelConfig, load_causal_lm
-    from .scripts import evaluate_boxed
-
-    def arguments(model_name_or_path=None, dtype="auto", **options):
-        return evaluate_boxed.EvaluateArguments(**options), InferenceModelConfig(model_name_or_path, dtype=dtype)
-
-    return {"main": evaluate_boxed.main, "EvaluateArguments": arguments, "load_model": load_causal_lm,
-            "evaluate": lambda arguments: evaluate_boxed.evaluate(*arguments)}[name]  # fmt: skip
