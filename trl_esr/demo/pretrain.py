@@ -41,18 +41,22 @@ def sft_responses(pairs: list[tuple[int, int]], n_digits: int, shortcut_fraction
 
 
 def encode_examples(
-    tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, int]], n_digits: int, responses: list[str]
+    tokenizer: PreTrainedTokenizerFast,
+    pairs: list[tuple[int, int]],
+    n_digits: int,
+    responses: list[str],
+    prompt_ids: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(input_ids, attention_mask, labels)` of prompt + response + EOS, right-padded; labels are -100 on the prompt
-    and the padding. Every prompt of the task has the same length; responses differ only when shortcuts mix in."""
-    prompt_ids = encode_prompts(tokenizer, pairs, n_digits)
+    and the padding. Every prompt of the task has the same length; responses differ only when shortcuts mix in.
+    `prompt_ids`, if given, are `encode_prompts(tokenizer, pairs, n_digits)` (the models share them)."""
+    prompt_ids = encode_prompts(tokenizer, pairs, n_digits) if prompt_ids is None else prompt_ids
     response_ids = tokenizer([r + " " + tokenizer.eos_token for r in responses], add_special_tokens=False)["input_ids"]
     rows = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)], attention_mask[i, : len(row)] = torch.tensor(row), 1
+    lengths = torch.tensor([len(row) for row in rows])
+    attention_mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()  # (N, width)
+    input_ids = torch.full(attention_mask.shape, tokenizer.pad_token_id)
+    input_ids[attention_mask.bool()] = torch.tensor([token for row in rows for token in row])  # row-major order
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     labels[:, : len(prompt_ids[0])] = -100
     return input_ids, attention_mask, labels
@@ -69,12 +73,15 @@ def supervised_finetune(
     seed: int,
     desc: str,
     shortcut_fraction: float = 0.0,
+    prompt_ids: list[list[int]] | None = None,
 ) -> PreTrainedModel:
     """AdamW with linear warm-up and cosine decay on random mini-batches of `pairs` (with replacement)."""
     responses = sft_responses(pairs, n_digits, shortcut_fraction, seed)
     device = model.device
-    input_ids, attention_mask, labels = (t.to(device) for t in encode_examples(tokenizer, pairs, n_digits, responses))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    examples = encode_examples(tokenizer, pairs, n_digits, responses, prompt_ids)
+    input_ids, attention_mask, labels = (t.to(device) for t in examples)
+    # foreach: one kernel per step for all tensors, bit-identical to the per-tensor loop here and ~3 % faster
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, foreach=True)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -119,14 +126,21 @@ def is_cached(recipe: ModelRecipe, path: Path) -> bool:
     return recipe_file.exists() and json.loads(recipe_file.read_text()) == asdict(recipe)
 
 
-def pretrain(name: str, recipe: ModelRecipe, pairs: list[tuple[int, int]], path: Path, device) -> None:
+def pretrain(
+    name: str,
+    recipe: ModelRecipe,
+    tokenizer: PreTrainedTokenizerFast,
+    pairs: list[tuple[int, int]],
+    path: Path,
+    device,
+    prompt_ids: list[list[int]] | None = None,
+) -> None:
     """Train one model from scratch on `pairs` and save it (with its recipe, the cache key) at `path`."""
     print(
         f"Training the {name} from scratch: {recipe.architecture}, hidden size {recipe.hidden_size}, "
         f"{recipe.num_layers} layers, {recipe.sft_steps} SFT steps of {recipe.sft_batch_size} examples"
         + (f", {recipe.shortcut_fraction:.0%} of them in the shortcut format." if recipe.shortcut_fraction else ".")
     )
-    tokenizer = build_tokenizer()
     model = build_tiny_causal_lm(
         tokenizer,
         recipe.architecture,
@@ -138,7 +152,7 @@ def pretrain(name: str, recipe: ModelRecipe, pairs: list[tuple[int, int]], path:
     ).to(device)
     supervised_finetune(
         model, tokenizer, pairs, recipe.n_digits, recipe.sft_steps, recipe.sft_batch_size, recipe.learning_rate,
-        recipe.seed, desc=f"SFT {name}", shortcut_fraction=recipe.shortcut_fraction,
+        recipe.seed, desc=f"SFT {name}", shortcut_fraction=recipe.shortcut_fraction, prompt_ids=prompt_ids,
     )  # fmt: skip
     save_pretrained(model, tokenizer, path)
     (path / "demo_recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
@@ -153,14 +167,17 @@ def pretrain_missing(
     Not side by side: two 1-thread processes on this 2-core CPU trained the three models in 179 s against 186 s for
     one 2-thread process (each process ran at about half its solo speed), not worth a process pool.
     """
+    tokenizer, prompt_ids = build_tokenizer(), {}  # n_digits -> the prompts' ids, rendered once for all models
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for name, recipe, path in jobs:
             if is_cached(recipe, path):
                 print(f"Reusing the cached {name} from {path} (delete it to retrain).")
-            else:
-                pretrain(name, recipe, pairs, path, device)
+                continue
+            if recipe.n_digits not in prompt_ids:
+                prompt_ids[recipe.n_digits] = encode_prompts(tokenizer, pairs, recipe.n_digits)
+            pretrain(name, recipe, tokenizer, pairs, path, device, prompt_ids[recipe.n_digits])
     finally:
         torch.set_num_threads(previous)
 
