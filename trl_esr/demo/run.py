@@ -31,7 +31,7 @@ class Settings:
     """Sizes of one demo run (docs/demo.md says how they were chosen). `QUICK` shrinks everything for tests."""
 
     n_digits: int = 4
-    teacher: tuple = ("llama", 128, 4, 300, 64)  # architecture, hidden size, layers, SFT steps, SFT batch size
+    teacher: tuple = ("llama", 128, 4, 300, 32)  # architecture, hidden size, layers, SFT steps, SFT batch size
     student: tuple = ("qwen2", 96, 3)  # architecture, hidden size, layers (SFT steps: per regime)
     regimes: tuple = (ERRORS_BEYOND_K, EARLY_DECISION)
     sft_examples: int = 20_000
