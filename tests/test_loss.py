@@ -104,3 +104,82 @@ def test_disabled_esr_reproduces_trl(make_trainer, make_args):
         losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
     assert len(losses[0]) == 3
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+# `DivergenceLoss` on hand-made tensors: each reduction and head restriction against the reverse KL written out.
+
+
+def hand_reverse_kl(inputs, student_rows=slice(None), teacher_rows=slice(None), temperature=1.0):
+    """KL(p_s || p_t) = sum_v p_s(v) (log p_s(v) - log p_t(v)) at each position, in float64, both distributions over
+    the given rows of their heads: (B, K)."""
+    student_logits = (
+        inputs["student_hidden_states"].double() @ inputs["student_lm_head_weight"][student_rows].T.double()
+    )
+    teacher_logits = (
+        inputs["teacher_hidden_states"].double() @ inputs["teacher_lm_head_weight"][teacher_rows].T.double()
+    )
+    log_p_s = torch.log_softmax(student_logits / temperature, dim=-1)  # (B, K, V)
+    log_p_t = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    return (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
+
+
+def random_inputs(student_rows=7, teacher_rows=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        student_hidden_states=torch.randn(3, 5, 4, generator=g),  # (B, K, H_s)
+        teacher_hidden_states=torch.randn(3, 5, 6, generator=g),  # (B, K, H_t)
+        student_lm_head_weight=torch.randn(student_rows, 4, generator=g, requires_grad=True),  # (V_s, H_s)
+        teacher_lm_head_weight=torch.randn(teacher_rows, 6, generator=g),  # (V_t, H_t)
+        completion_mask=torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]),  # 5, 2 and 0 tokens
+        beta=1.0,  # reverse KL
+    )
+
+
+def token_mean(d, mask, divisor):
+    return ((d * mask).sum() / divisor).item()
+
+
+def sequence_mean(d, mask, divisor):
+    trained = mask.sum(dim=1) > 0  # a rollout without a trained token counts for nothing
+    return (((d * mask).sum(dim=1)[trained] / mask.sum(dim=1)[trained]).sum() / divisor).item()
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, 4])
+def test_divergence_loss_reductions_by_hand(num_items_in_batch):
+    from trl_esr.loss import DivergenceLoss
+
+    inputs = random_inputs()
+    d, mask = hand_reverse_kl(inputs, temperature=2.0), inputs["completion_mask"]
+    # TRL's `temperature` (the sampling one) is ignored; `loss_temperature` applies to both models
+    token = DivergenceLoss("token", loss_temperature=2.0)(
+        **inputs, num_items_in_batch=num_items_in_batch, temperature=5.0
+    )
+    sequence = DivergenceLoss("sequence", loss_temperature=2.0)(
+        **inputs, num_items_in_batch=num_items_in_batch, temperature=5.0
+    )
+    # `None` (evaluation): this micro-batch's 7 trained tokens, or its 2 rollouts with a trained token
+    assert token[0].item() == pytest.approx(token_mean(d, mask, num_items_in_batch or 7), rel=1e-5)
+    assert sequence[0].item() == pytest.approx(sequence_mean(d, mask, num_items_in_batch or 2), rel=1e-5)
+    assert int(token[2]) == int(sequence[2]) == 7  # trained positions
+    assert sequence[1].item() == pytest.approx(token[1].item(), rel=1e-5)  # the same entropy sum, by groups
+
+
+@pytest.mark.parametrize(("normalization", "reduce"), [("token", token_mean), ("sequence", sequence_mean)])
+def test_divergence_loss_on_the_rows_both_heads_share(normalization, reduce):
+    from trl_esr.cross_tokenizer import SharedVocabulary
+    from trl_esr.loss import DivergenceLoss
+
+    # A padded student head (7 rows, 5 used by tokens): both distributions over the first 5 rows only
+    inputs = random_inputs(student_rows=7, teacher_rows=5)
+    mask = inputs["completion_mask"]
+    loss, _, _ = DivergenceLoss(normalization, 1.0, vocab_size=5)(**inputs, num_items_in_batch=3)
+    assert loss.item() == pytest.approx(reduce(hand_reverse_kl(inputs, slice(5)), mask, 3), rel=1e-5)
+
+    # Another tokenizer: the student's rows 0, 2, 3, 6 are the teacher's rows 4, 1, 0, 2 (in that order)
+    student_ids, teacher_ids = torch.tensor([0, 2, 3, 6]), torch.tensor([4, 1, 0, 2])
+    shared = SharedVocabulary(student_ids=student_ids, teacher_ids=teacher_ids, fraction=4 / 7)
+    loss, _, _ = DivergenceLoss(normalization, 1.0, shared=shared)(**inputs, num_items_in_batch=3)
+    assert loss.item() == pytest.approx(reduce(hand_reverse_kl(inputs, student_ids, teacher_ids), mask, 3), rel=1e-5)
+    loss.backward()  # only the shared rows of the student's head receive a gradient
+    row_grads = inputs["student_lm_head_weight"].grad.abs().sum(dim=1)
+    assert (row_grads[student_ids] > 0).all() and (row_grads[[1, 4, 5]] == 0).all()

@@ -14,7 +14,7 @@ from trl import DistillationConfig, DistillationTrainer
 from trl.generation.vllm_generation import VLLMGeneration
 
 from trl_esr import _trl_compat
-from trl_esr.loss import make_divergence_loss
+from trl_esr.loss import DivergenceLoss
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_overridden_methods_keep_their_signatures():
 def test_our_divergence_is_a_drop_in_for_trls():
     trl_params = inspect.signature(_trl_compat.chunked_divergence_loss).parameters
     for normalization in ("token", "sequence"):
-        ours = inspect.signature(make_divergence_loss(normalization, 1.0)).parameters
+        ours = inspect.signature(DivergenceLoss(normalization, 1.0)).parameters
         assert list(ours) == list(trl_params)
         assert [p.default for p in ours.values()] == [p.default for p in trl_params.values()]
 

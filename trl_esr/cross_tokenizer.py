@@ -31,7 +31,7 @@ Exactness on byte-level BPE (Llama-3, Qwen, GPT-2 style), where the naive approa
 In the trainer this is one component, [`CrossTokenizer`] (a `trl_esr.pairing.TokenizerPairing`): it re-tokenizes
 and aligns each rollout batch, runs the teacher on its own tokens and hands TRL's `_compute_loss` the teacher's hidden
 state at each aligned student position, and restricts both heads to the shared rows. The loss itself is TRL's (through
-`trl_esr.loss.make_divergence_loss`): its chunked kernel, logit scales and soft-capping, head-device check and the
+`trl_esr.loss.DivergenceLoss`): its chunked kernel, logit scales and soft-capping, head-device check and the
 student's multimodal inputs all apply unchanged.
 
 Example: "w1 w12" is `w1 | w12` for a word-level student and `w | 1 | Ġw | 12` for a byte-level BPE teacher. The
@@ -51,7 +51,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ._trl_compat import LOSS_MASK_KEY
-from .loss import make_divergence_loss
+from .loss import DivergenceLoss
 from .pairing import TokenizerPairing
 
 
@@ -352,7 +352,7 @@ class CrossTokenizer(TokenizerPairing):
         return cls(processing_class, teacher, shared, Aligner(student, teacher, student_table=student_table))
 
     def divergence_loss(self, args):
-        return make_divergence_loss(args.loss_normalization, args.loss_temperature, shared=self.shared)
+        return DivergenceLoss(args.loss_normalization, args.loss_temperature, shared=self.shared)
 
     def prepare_batch(self, batch: dict, stop_ids: list[int]) -> None:
         """Train only the positions the teacher's tokenization also has (within ESR's k)."""

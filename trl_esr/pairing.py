@@ -20,7 +20,7 @@ cross-tokenizer support is one object behind six small hooks, built and testable
 
 - `load_teacher(args, teacher_model)` / `attach(trainer, own_teacher)`: around TRL's constructor (TRL refuses a
   teacher with another head size, so those pairs load it themselves, the way TRL would);
-- `divergence_loss(args)`: the divergence TRL's `_compute_loss` calls (`trl_esr.loss.make_divergence_loss`);
+- `divergence_loss(args)`: the divergence TRL's `_compute_loss` calls (`trl_esr.loss.DivergenceLoss`);
 - `prepare_batch(batch, stop_ids)`: after each rollout batch (the cross-tokenizer pairing re-tokenizes here);
 - `teacher_hidden_states(forward, teacher, batch, ...)`: the teacher's forward pass inside TRL's `_compute_loss`;
 - `metrics(trained, alignable)`: extra `esr/*` metrics of a training batch.
@@ -33,7 +33,7 @@ import torch
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 
 from ._trl_compat import load_teacher, model_id, prepare_teacher, suppress_ids_above
-from .loss import make_divergence_loss
+from .loss import DivergenceLoss
 from .teacher_view import teacher_inputs
 
 
@@ -65,7 +65,7 @@ class TokenizerPairing:
 
     def divergence_loss(self, args) -> Callable:
         """The divergence, with the signature of TRL's `_chunked_divergence_loss`."""
-        return make_divergence_loss(args.loss_normalization, args.loss_temperature, vocab_size=self.vocab_size)
+        return DivergenceLoss(args.loss_normalization, args.loss_temperature, vocab_size=self.vocab_size)
 
     def prepare_batch(self, batch: dict, stop_ids: list[int]) -> None:
         """Complete a training or evaluation batch from `_generate_and_score_completions`, in place."""
