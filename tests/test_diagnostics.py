@@ -8,9 +8,11 @@ import torch
 
 from trl_esr.demo.tiny_models import build_tiny_causal_lm
 from trl_esr.diagnostics import (
+    MeasurementSettings,
     PositionStats,
     boxed_answer_checker,
     recommend_k,
+    run_diagnostics,
     score_completions,
     summarize,
     teacher_decay_probe,
@@ -158,3 +160,35 @@ def test_teacher_decay_probe_continues_from_student_prefixes(llama_pair, tokeniz
     assert all(len(text.split()) <= 8 for text in texts)  # prefix + continuation within max_completion_length
     with pytest.raises(ValueError, match="probe grid"):
         teacher_decay_probe(teacher, tokenizer, rows, prompts, completions, [8], checker, 8)
+
+
+def test_run_diagnostics_measures_as_its_settings_say(llama_pair, tokenizer):
+    student, teacher = llama_pair
+    rows = [{"prompt": f"w{i} w{i + 1} w{i + 2}", "answer": f"w{i}"} for i in range(5)]
+    settings = MeasurementSettings(max_completion_length=6, batch_size=2, seed=5, threshold=0.3, probe_k_grid=(0, 2))
+    checked = []
+
+    def checker(row, text):
+        checked.append(row["answer"])
+        return text.startswith(row["answer"])
+
+    result = run_diagnostics(student, teacher, tokenizer, rows, settings, checker, show_progress=False)
+    assert result.settings == {"num_prompts": 5, "max_completion_length": 6, "temperature": 0.7, "top_p": 0.95,
+                               "batch_size": 2, "seed": 5, "threshold": 0.3, "probe_k_grid": [0, 2]}  # fmt: skip
+    assert len(result.completion_ids) == 5 and all(1 <= len(ids) <= 6 for ids in result.completion_ids)
+    assert result.decay.k_grid == [0, 2] and len(checked) == 10  # every row graded at both prefix lengths
+
+    # The rule at the given threshold, by hand: weights mean x alive, the first k holding 30 % of their total
+    weights = [kl * n for kl, n in zip(result.summary.kl_mean, result.summary.alive, strict=True)]
+    cumulative = [sum(weights[: t + 1]) / sum(weights) for t in range(len(weights))]
+    assert result.recommendation.k == next(t + 1 for t, share in enumerate(cumulative) if share >= 0.3)
+
+    # The seed decides the rollouts: the same one repeats them, another samples others
+    again = run_diagnostics(student, teacher, tokenizer, rows, settings, checker, show_progress=False)
+    assert again.completion_ids == result.completion_ids and again.summary.kl_mean == result.summary.kl_mean
+    other = MeasurementSettings(max_completion_length=6, batch_size=2, seed=6)
+    assert run_diagnostics(student, teacher, tokenizer, rows, other, show_progress=False).completion_ids != (
+        result.completion_ids
+    )
+    with pytest.raises(ValueError, match="needs a way to grade answers"):
+        run_diagnostics(student, teacher, tokenizer, rows, settings, show_progress=False)

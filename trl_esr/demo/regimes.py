@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from ..diagnostics import run_diagnostics
+from ..diagnostics import MeasurementSettings, run_diagnostics
 from ..diagnostics.report import key_numbers
 from .pretrain import chat_prompt
 from .task import is_correct
@@ -71,10 +71,7 @@ def predict(
         teacher,
         tokenizer,
         rows,
-        max_completion_length,
-        batch_size=len(rows),
-        seed=seed,
-        probe_k_grid=grid,
+        MeasurementSettings(max_completion_length, batch_size=len(rows), seed=seed, probe_k_grid=tuple(grid)),
         answer_checker=lambda row, text: is_correct(row["a"], row["b"], n_digits, text),
         show_progress=False,
     )

@@ -1,8 +1,9 @@
 """Diagnostics for choosing ESR's rollout horizon k before (and while) spending GPU hours.
 
-- [`run_diagnostics`] samples full-length student rollouts, scores them with the teacher position by position
-  ([`score_completions`], [`summarize`]), applies the paper's cumulative-KL-share rule ([`recommend_k`]) and optionally
-  runs the teacher-decay probe ([`teacher_decay_probe`]); [`write_report`] writes JSON, plots and a Markdown summary.
+- [`run_diagnostics`] samples full-length student rollouts as [`MeasurementSettings`] say, scores them with the
+  teacher position by position ([`score_completions`], [`summarize`]), applies the paper's cumulative-KL-share rule
+  ([`recommend_k`]) and optionally runs the teacher-decay probe ([`teacher_decay_probe`]); [`write_report`] writes
+  JSON, plots and a Markdown summary.
   The `trl-esr suggest-k` command wraps all of it.
 - [`ESRDiagnosticsCallback`] logs the KL before and after k during training.
 
@@ -19,6 +20,7 @@ _LAZY = {
     "DiagnosticsResult": ".run",
     "ESRDiagnosticsCallback": ".callback",
     "KRecommendation": ".recommend",
+    "MeasurementSettings": ".run",
     "PositionStats": ".per_position",
     "PositionSummary": ".per_position",
     "boxed_answer_checker": ".decay",
@@ -40,6 +42,7 @@ __all__ = [
     "DiagnosticsResult",
     "ESRDiagnosticsCallback",
     "KRecommendation",
+    "MeasurementSettings",
     "PositionStats",
     "PositionSummary",
     "boxed_answer_checker",

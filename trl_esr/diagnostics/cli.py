@@ -38,7 +38,14 @@ from .decay import boxed_answer_checker
 from .prompts import prompt_from_row
 from .recommend import DEFAULT_THRESHOLD
 from .report import caveats, key_numbers, write_report
-from .run import ROLLOUTS_FILE, SCORES_FILE, check_resumable, measured_settings, run_diagnostics
+from .run import (
+    ROLLOUTS_FILE,
+    SCORES_FILE,
+    MeasurementSettings,
+    check_resumable,
+    measured_settings,
+    run_diagnostics,
+)
 
 
 EXIT_RECOMMENDED = 0
@@ -132,11 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     # and the same command resumes from there.
     try:
         result = run_diagnostics(
-            student, teacher, tokenizer, rows, args.max_completion_length, args.temperature, args.top_p,
-            args.batch_size, args.seed, args.threshold, args.probe_k_grid,
+            student,
+            teacher,
+            tokenizer,
+            rows,
+            _measurement_settings(args),
             boxed_answer_checker(args.answer_column) if args.probe_k_grid else None,
-            save_dir=args.output_dir, run_identity=_run_identity(args, model_args),
-        )  # fmt: skip
+            save_dir=args.output_dir,
+            run_identity=_run_identity(args, model_args),
+        )
     except KeyboardInterrupt as interrupt:
         return _stopped("interrupted", interrupt, EXIT_INTERRUPTED)
     except Exception as error:
@@ -267,17 +278,21 @@ def _model_settings(args: SuggestKArguments, model_args: ModelConfig) -> dict:
     }
 
 
+def _measurement_settings(args: SuggestKArguments) -> MeasurementSettings:
+    return MeasurementSettings(
+        max_completion_length=args.max_completion_length,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        threshold=args.threshold,
+        probe_k_grid=tuple(args.probe_k_grid),
+    )
+
+
 def _measured_settings(args: SuggestKArguments, model_args: ModelConfig, num_prompts: int) -> dict:
     """The settings `run_diagnostics` saves with its partial results (see `run.measured_settings`)."""
-    settings = {
-        "num_prompts": num_prompts,
-        "max_completion_length": args.max_completion_length,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-    }
-    return measured_settings(settings, _run_identity(args, model_args))
+    return measured_settings(_measurement_settings(args).as_dict(num_prompts), _run_identity(args, model_args))
 
 
 def _run_identity(args: SuggestKArguments, model_args: ModelConfig) -> dict:

@@ -16,7 +16,7 @@ import base64
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,19 +57,55 @@ class DiagnosticsResult:
     completion_ids: list[list[int]] = field(default_factory=list, repr=False)
 
 
+@dataclass(frozen=True)
+class MeasurementSettings:
+    """How `run_diagnostics` samples and reads the rollouts: the numbers it gives depend on these (and on the models
+    and prompts) only. The defaults are the paper's sampling.
+
+    Parameters:
+        max_completion_length (`int`):
+            Length of the full rollouts: the training's `max_completion_length` (the paper's 3,584 for math). The rule
+            is read off this curve, so a shorter budget gives a smaller k.
+        temperature (`float`, *optional*, defaults to `0.7`):
+            Sampling temperature of the rollouts (the KL always uses untempered logits).
+        top_p (`float`, *optional*, defaults to `0.95`):
+            Top-p of sampling; there is no top-k.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Rollouts generated and scored at once. Scoring materialises `(batch, length, vocab)` logits for both
+            models.
+        seed (`int`, *optional*, defaults to `0`):
+            The same seed and `batch_size` give the same numbers.
+        threshold (`float`, *optional*, defaults to `0.45`):
+            Share of the total per-position KL the first k tokens must hold (the paper's rule).
+        probe_k_grid (`tuple[int, ...]`, *optional*, defaults to `()`):
+            Student-prefix lengths for the teacher-decay probe; empty: no probe.
+    """
+
+    max_completion_length: int = field(metadata={"help": "Length of the full rollouts."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
+    top_p: float = field(default=0.95, metadata={"help": "Top-p of sampling (no top-k)."})
+    batch_size: int = field(default=8, metadata={"help": "Rollouts generated and scored at once."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling."})
+    threshold: float = field(
+        default=DEFAULT_THRESHOLD, metadata={"help": "Share of the total KL the first k tokens must hold."}
+    )
+    probe_k_grid: tuple[int, ...] = field(
+        default=(), metadata={"help": "Student-prefix lengths for the teacher-decay probe; empty: no probe."}
+    )
+
+    def as_dict(self, num_prompts: int) -> dict:
+        """The settings as `diagnostics.json` and `progress.json` record them, with the number of prompts."""
+        return {"num_prompts": num_prompts, **asdict(self), "probe_k_grid": list(self.probe_k_grid)}
+
+
 def run_diagnostics(
     student: PreTrainedModel,
     teacher: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompt_rows: Sequence[dict],
-    max_completion_length: int,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    batch_size: int = 8,
-    seed: int = 0,
-    threshold: float = DEFAULT_THRESHOLD,
-    probe_k_grid: Sequence[int] = (),
+    settings: MeasurementSettings,
     answer_checker: AnswerChecker | None = None,
+    *,
     show_progress: bool = True,
     save_dir: str | Path | None = None,
     run_identity: dict | None = None,
@@ -77,85 +113,98 @@ def run_diagnostics(
     """Measure where along full-length student rollouts the teacher disagrees, and recommend k.
 
     One rollout per row of `prompt_rows` (rows with a `prompt` or `messages` column) is sampled from the student with
-    HF `generate` at `temperature` / `top_p` (the paper's 0.7 / 0.95 by default; no top-k) up to
-    `max_completion_length` tokens. The same `seed` and `batch_size` give the same numbers. If `probe_k_grid` is not
-    empty, the teacher-decay probe runs too and needs `answer_checker`.
+    HF `generate` as `settings` say, scored by the teacher position by position, and read by the paper's rule. If
+    `settings.probe_k_grid` is not empty, the teacher-decay probe runs too and grades with `answer_checker`.
 
     With `save_dir`, rollouts, scores and probe results are written there batch by batch (see the module docstring);
     an exception or `KeyboardInterrupt` then carries a note saying what was kept, and a second call with the same
     settings (and `run_identity`, e.g. the model paths, which must match too) resumes from there.
     """
-    if probe_k_grid and answer_checker is None:
+    if settings.probe_k_grid and answer_checker is None:
         raise ValueError("`probe_k_grid` is set but `answer_checker` is None: the probe needs a way to grade answers.")
-    settings = {
-        "num_prompts": len(prompt_rows),
-        "max_completion_length": max_completion_length,
-        "temperature": temperature,
-        "top_p": top_p,
-        "batch_size": batch_size,
-        "seed": seed,
-        "threshold": threshold,
-        "probe_k_grid": list(probe_k_grid),
-    }
+    recorded = settings.as_dict(len(prompt_rows))
     prompts = [prompt_from_row(row) for row in prompt_rows]
     saved = None
     if save_dir is not None:
-        saved = PartialResults.open(save_dir, measured_settings(settings, run_identity), prompts)
+        saved = PartialResults.open(save_dir, measured_settings(recorded, run_identity), prompts)
+    measurement = _Measurement(student, teacher, tokenizer, settings, show_progress, saved)
     try:
-        return _measure(student, teacher, tokenizer, prompt_rows, prompts, settings, answer_checker, show_progress,
-                        saved)  # fmt: skip
+        prompt_ids = tokenize_prompts(tokenizer, prompts)
+        completion_ids = measurement.rollouts(prompt_ids)
+        stats = measurement.scores(prompt_ids, completion_ids)
+        summary = summarize(stats)
+        recommendation = recommend_k(summary.kl_mean, summary.alive, settings.threshold)
+        decay = None
+        if settings.probe_k_grid:
+            decay = measurement.probe(prompt_rows, prompt_ids, completion_ids, answer_checker)
+        if saved is not None:
+            saved.finish()
     except BaseException as error:  # KeyboardInterrupt too: say what was kept, then let it propagate
         if saved is not None:
             error.add_note(saved.describe())
         raise
+    return DiagnosticsResult(recorded, summary, recommendation, decay, stats, completion_ids)
 
 
-def _measure(student, teacher, tokenizer, prompt_rows, prompts, settings, answer_checker, show_progress, saved):
-    max_completion_length, batch_size = settings["max_completion_length"], settings["batch_size"]
-    prompt_ids = tokenize_prompts(tokenizer, prompts)
-    eos_ids = eos_token_ids(tokenizer, student)
-    generation_config = GenerationConfig(
-        max_new_tokens=max_completion_length,
-        do_sample=True,
-        temperature=settings["temperature"],
-        top_p=settings["top_p"],
-        top_k=0,  # the paper samples with temperature and top-p only
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos_ids,
-    )
-    done = saved.completion_ids if saved is not None else []
-    with seeded_sampling(settings["seed"], student.device):
-        if saved is not None and saved.rng_state is not None:
-            _set_rng_state(saved.rng_state, student.device)  # continue the interrupted run's sampling exactly
-        on_batch = None if saved is None else lambda start, batch: saved.add_rollouts(
-            len(done) + start, batch, tokenizer, _rng_state(student.device)
+@dataclass
+class _Measurement:
+    """The three stages of `run_diagnostics`, each continuing from what `saved` already holds (if anything)."""
+
+    student: PreTrainedModel
+    teacher: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    settings: MeasurementSettings
+    show_progress: bool
+    saved: "PartialResults | None"
+
+    def rollouts(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """One sampled student rollout per prompt, EOS included: the saved ones, then the rest."""
+        settings, saved, pad_id = self.settings, self.saved, self.tokenizer.pad_token_id
+        eos_ids = eos_token_ids(self.tokenizer, self.student)
+        generation_config = GenerationConfig(
+            max_new_tokens=settings.max_completion_length,
+            do_sample=True,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=0,  # the paper samples with temperature and top-p only
+            pad_token_id=pad_id,
+            eos_token_id=eos_ids,
+        )
+        done = saved.completion_ids if saved is not None else []
+        with seeded_sampling(settings.seed, self.student.device):
+            if saved is not None and saved.rng_state is not None:
+                _set_rng_state(saved.rng_state, self.student.device)  # continue the interrupted run's sampling exactly
+            on_batch = None if saved is None else lambda start, batch: saved.add_rollouts(
+                len(done) + start, batch, self.tokenizer, _rng_state(self.student.device)
+            )  # fmt: skip
+            return done + sample_completions(
+                self.student, prompt_ids[len(done) :], generation_config, pad_id, eos_ids, settings.batch_size,
+                self.show_progress, on_batch=on_batch,
+            )  # fmt: skip
+
+    def scores(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> PositionStats:
+        """The teacher's per-position statistics of every rollout, `(N, T)`: the saved ones, then the rest."""
+        length = max(len(completion) for completion in completion_ids)
+        saved = self.saved
+        scored = saved.scored_stats(length) if saved is not None else None
+        first = 0 if scored is None else scored.mask.size(0)
+        stats = score_completions(
+            self.student, self.teacher, prompt_ids[first:], completion_ids[first:], self.tokenizer.pad_token_id,
+            self.settings.batch_size, self.show_progress, length=length,
+            on_batch=None if saved is None else lambda start, batch: saved.add_scores(first + start, batch),
         )  # fmt: skip
-        completion_ids = done + sample_completions(
-            student, prompt_ids[len(done) :], generation_config, tokenizer.pad_token_id, eos_ids, batch_size,
-            show_progress, on_batch=on_batch,
-        )  # fmt: skip
-    length = max(len(completion) for completion in completion_ids)
-    scored = saved.scored_stats(length) if saved is not None else None
-    first = 0 if scored is None else scored.mask.size(0)
-    stats = score_completions(
-        student, teacher, prompt_ids[first:], completion_ids[first:], tokenizer.pad_token_id, batch_size,
-        show_progress, length=length,
-        on_batch=None if saved is None else lambda start, batch: saved.add_scores(first + start, batch),
-    )  # fmt: skip
-    if scored is not None:
-        stats = PositionStats(*(torch.cat([a, b]) for a, b in zip(_fields(scored), _fields(stats), strict=True)))
-    summary = summarize(stats)
-    recommendation = recommend_k(summary.kl_mean, summary.alive, settings["threshold"])
-    decay = None
-    if settings["probe_k_grid"]:
-        decay = teacher_decay_probe(
-            teacher, tokenizer, prompt_rows, prompt_ids, completion_ids, settings["probe_k_grid"], answer_checker,
-            max_completion_length, batch_size, show_progress,
+        if scored is None:
+            return stats
+        return PositionStats(*(torch.cat([a, b]) for a, b in zip(_fields(scored), _fields(stats), strict=True)))
+
+    def probe(self, prompt_rows, prompt_ids, completion_ids, answer_checker: AnswerChecker) -> DecayResult:
+        """The teacher's accuracy when it continues each rollout's first k tokens, for every k of the grid."""
+        saved = self.saved
+        return teacher_decay_probe(
+            self.teacher, self.tokenizer, prompt_rows, prompt_ids, completion_ids, list(self.settings.probe_k_grid),
+            answer_checker, self.settings.max_completion_length, self.settings.batch_size, self.show_progress,
             done=saved.probed if saved is not None else None, on_k=saved.add_probe if saved is not None else None,
         )  # fmt: skip
-    if saved is not None:
-        saved.finish()
-    return DiagnosticsResult(settings, summary, recommendation, decay, stats, completion_ids)
 
 
 def _fields(stats: PositionStats) -> tuple[torch.Tensor, ...]:
