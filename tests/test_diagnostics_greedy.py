@@ -4,10 +4,13 @@ Checked against an independent computation: greedy rollouts from `model.generate
 written out with `log_softmax`, split at k by hand.
 """
 
+import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
 from trl_esr import ESRDistillTrainer
+from trl_esr.demo.tiny_models import save_pretrained
 from trl_esr.diagnostics import ESRDiagnosticsCallback
 
 
@@ -72,3 +75,42 @@ def test_greedy_measurements_repeat_exactly_and_ignore_the_seed(model_paths, tok
     sampled[1].prompt_ids, sampled[1].seed = sampled[0].prompt_ids, 123
     a, b = (callback.measure() for callback in sampled)
     assert not (torch.equal(a.mask, b.mask) and torch.allclose(a.reverse_kl, b.reverse_kl))  # sampling differs
+
+
+@pytest.mark.parametrize("generate_eos", ["model's list", "eos only"])
+def test_measurement_rollouts_stop_on_a_second_eos_of_the_generation_config(
+    generate_eos, model_paths, tokenizer, train_dataset, make_args, tmp_path
+):
+    """A student whose generation config lists a second EOS (as Llama-3-Instruct lists end-of-turn ids): TRL ends its
+    rollouts at the first of either, and so do the measurement's, even when `generation_kwargs` gives `generate`
+    the tokenizer's EOS only (TRL then still cuts at its list)."""
+    eos = tokenizer.eos_token_id
+    args = make_args(esr_diagnostics_steps=1, esr_diagnostics_greedy=True, max_completion_length=12)  # EOS suppressed
+    prompt_ids = ESRDiagnosticsCallback(
+        _trainer(model_paths, tokenizer, train_dataset, args), num_rollouts=4
+    ).prompt_ids
+
+    # The greedy continuations, never stopped (EOS suppressed as in `args`), by hand
+    student = AutoModelForCausalLM.from_pretrained(model_paths["student"]).eval()
+    continuations = []
+    for prompt in prompt_ids:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            out = student.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                suppress_tokens=[eos], eos_token_id=eos, pad_token_id=eos,
+            )[0]  # fmt: skip
+        continuations.append(out[len(prompt) :].tolist())
+    second_eos = continuations[0][2]  # a token the first rollout writes at its third position (or before)
+    expected = [row.index(second_eos) + 1 if second_eos in row else 12 for row in continuations]
+    assert expected[0] <= 3  # so the first rollout stops there
+
+    student.generation_config.eos_token_id = [eos, second_eos]
+    paths = {**model_paths, "student": save_pretrained(student, tokenizer, tmp_path / "two_eos")}
+    if generate_eos == "eos only":
+        args = make_args(esr_diagnostics_steps=1, esr_diagnostics_greedy=True, max_completion_length=12,
+                         generation_kwargs={"suppress_tokens": [eos], "eos_token_id": eos})  # fmt: skip
+    trainer = _trainer(paths, tokenizer, train_dataset, args)
+    diagnostics = ESRDiagnosticsCallback(trainer, num_rollouts=4)
+    assert diagnostics.prompt_ids == prompt_ids and diagnostics.greedy
+    assert diagnostics.measure().mask.sum(dim=1).tolist() == expected

@@ -147,6 +147,9 @@ def test_compute_loss_reads_the_logit_scales_and_softcaps_it_passes():
 def test_stop_token_ids_are_what_trl_generates_with(trl_trainer, tokenizer):
     assert _trl_compat.stop_token_ids(trl_trainer) == [tokenizer.eos_token_id]
     assert '"eos_token_id": self.eos_token_ids' in inspect.getsource(DistillationTrainer)  # HF generate's stop list
+    # and where TRL cuts a rollout (its completion mask), whatever `generation_kwargs` made `generate` stop on
+    cut = "torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=device))"
+    assert cut in inspect.getsource(DistillationTrainer._generate_single_turn)
 
 
 def statements(source: str) -> list[str]:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from transformers import TrainerCallback
 
-from .._trl_compat import generation_config, metrics
+from .._trl_compat import generation_config, metrics, stop_token_ids
 from ..config import ESRConfig
 from .per_position import PositionStats, sample_completions, score_completions, seeded_sampling
 from .prompts import prompt_from_row, tokenize_prompts
@@ -141,8 +141,9 @@ class ESRDiagnosticsCallback(TrainerCallback):
             sampling.do_sample, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p = (
                 False, None, None, None, None,
             )  # fmt: skip
-        eos_ids = sampling.eos_token_id
-        eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+        # Cut where TRL cuts its rollouts: after the first of its stop ids (the student's generation-config EOS list
+        # and the tokenizer's), even if `generation_kwargs` gave `generate` another `eos_token_id`.
+        eos_ids = stop_token_ids(trainer)
         pad_token_id = sampling.pad_token_id
         was_training = student.training
         try:
