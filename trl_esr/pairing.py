@@ -11,6 +11,10 @@ does differently for it.
   another token->string mapping), or a teacher head too small for the ids the student can emit. Rollouts are
   re-tokenized for the teacher and aligned by position in the text.
 
+Which of the three a pair is, [`pair_kind`] says from the two tokenizers and head sizes alone, without building
+anything: the trainer's [`TokenizerPairing.detect`] and `trl-esr suggest-k` (which measures "same" pairs only) both
+ask it.
+
 The pairing is a *strategy object* the trainer holds, not a subclass of the trainer. Which relation applies is known
 only inside the constructor, once both tokenizers and head sizes have been read from the arguments the user gave to
 one class, `ESRDistillTrainer`: a trainer subclass per relation would need a factory or `__new__` dispatch, and would
@@ -28,6 +32,7 @@ cross-tokenizer support is one object behind six small hooks, built and testable
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
@@ -86,6 +91,8 @@ class TokenizerPairing:
 
     @classmethod
     def detect(cls, args, model, teacher_model, processing_class, teacher_processing_class) -> "TokenizerPairing":
+        """The pairing the trainer holds for these constructor arguments: [`pair_kind`] on the two tokenizers (each
+        loaded as TRL would, if not given) and head sizes, then the matching strategy object."""
         from . import cross_tokenizer  # the alignment layer: loaded by the first trainer built, not by the import
 
         model_name = model if isinstance(model, str) else model_id(model)
@@ -103,15 +110,14 @@ class TokenizerPairing:
             args.teacher_tokenizer_name_or_path or (teacher_name if teacher_name != model_name else None),
             args.trust_remote_code,
         )
-        same_ids = teacher_tokenizer is None or cross_tokenizer.shares_student_ids(
-            student_tokenizer, teacher_tokenizer
-        )
-        if same_ids and args.tokenizer_alignment != "always":
-            student_size, teacher_size = _vocab_size(model, args), _vocab_size(teacher_model, args)
-            if student_size == teacher_size:
-                return cls(processing_class, teacher_tokenizer)
-            if min(student_size, teacher_size) >= len(student_tokenizer):  # both heads score every student token
-                return PaddedHeads(processing_class, teacher_tokenizer, vocab_size=min(student_size, teacher_size))
+        student_size = head_size(model, args.trust_remote_code)
+        teacher_size = head_size(teacher_model, args.trust_remote_code)
+        kind = pair_kind(student_tokenizer, teacher_tokenizer, student_size, teacher_size, args.tokenizer_alignment)
+        if kind.mode == "same":
+            return cls(processing_class, teacher_tokenizer)
+        if kind.mode == "padded":
+            return PaddedHeads(processing_class, teacher_tokenizer, vocab_size=kind.vocab_size)
+        if kind.shares_ids and args.tokenizer_alignment != "always":
             logger.warning(
                 f"The teacher's head has {teacher_size} rows, fewer than the student's {len(student_tokenizer)} "
                 "tokens: the student's rollouts are re-tokenized for the teacher (the aligned path)."
@@ -156,7 +162,41 @@ def _load_tokenizer(name: str | None, trust_remote_code: bool) -> PreTrainedToke
         return None
 
 
-def _vocab_size(model, args) -> int:
-    config = model.config if not isinstance(model, str) else AutoConfig.from_pretrained(
-        model, trust_remote_code=args.trust_remote_code)  # fmt: skip
+class PairKind(NamedTuple):
+    """What [`pair_kind`] finds out about a student-teacher pair."""
+
+    mode: str  # "same", "padded" or "aligned": the pairing the trainer uses (see the module docstring)
+    shares_ids: bool  # every student token has the same id in the teacher's tokenizer
+    vocab_size: int | None = None  # "padded": the head rows both models use (the student's ids all fall below it)
+
+
+def pair_kind(
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase | None,
+    student_vocab_size: int,
+    teacher_vocab_size: int,
+    tokenizer_alignment: str = "auto",
+) -> PairKind:
+    """Which pairing the trainer uses for a student and a teacher, from their tokenizers (`None`: the teacher uses the
+    student's) and head sizes (`config.vocab_size`, see [`head_size`]); `tokenizer_alignment` is
+    `ESRConfig.tokenizer_alignment`. Nothing is loaded or built, so a command can refuse a pair before any weights."""
+    from . import cross_tokenizer  # the alignment layer: loaded by the first pair checked, not by the import
+
+    shares_ids = teacher_tokenizer is None or cross_tokenizer.shares_student_ids(student_tokenizer, teacher_tokenizer)
+    if not shares_ids or tokenizer_alignment == "always":
+        return PairKind("aligned", shares_ids)
+    if student_vocab_size == teacher_vocab_size:
+        return PairKind("same", True)
+    shared_rows = min(student_vocab_size, teacher_vocab_size)
+    if shared_rows >= len(student_tokenizer):  # both heads score every student token
+        return PairKind("padded", True, shared_rows)
+    return PairKind("aligned", True)  # a head too small for the ids the student can emit
+
+
+def head_size(model, trust_remote_code: bool = False, revision: str = "main") -> int:
+    """The rows of a model's `lm_head` (its text config's `vocab_size`), from an instance or, without loading any
+    weights, from the config of a name or path."""
+    if not isinstance(model, str):
+        return model.config.get_text_config().vocab_size
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code, revision=revision)
     return config.get_text_config().vocab_size

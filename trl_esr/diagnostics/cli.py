@@ -28,7 +28,6 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from trl import ModelConfig, TrlParser
 
@@ -220,31 +219,28 @@ def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
     return list(dataset)
 
 
-# The `ESRConfig` fields `TokenizerPairing.detect` reads, at their defaults: suggest-k only asks which relation the
-# pair has (an aligned pair is refused, so there is nothing to force or to tune).
-_PAIRING_DEFAULTS = SimpleNamespace(trust_remote_code=False, teacher_tokenizer_name_or_path=None,
-                                    tokenizer_alignment="auto", min_shared_vocab_fraction=0.0)  # fmt: skip
-
-
 def _load_models(args: SuggestKArguments, model_args: ModelConfig):
     """The student (with its adapter), the teacher and the student's tokenizer. The pair is checked first, from the
-    tokenizers and the configs' head sizes, with the trainer's rule: the per-token KL compares next-token
-    distributions over one vocabulary, so the teacher must read the student's ids with heads of the same size."""
+    tokenizers and the configs' head sizes, with the trainer's rule (`trl_esr.pairing.pair_kind`): the per-token KL
+    compares next-token distributions over one vocabulary, so the teacher must read the student's ids with heads of
+    the same size (the trainer's "same" pairs)."""
     from transformers import AutoTokenizer
 
-    from ..pairing import TokenizerPairing
+    from ..pairing import head_size, pair_kind
 
     student_name, teacher_name = model_args.model_name_or_path, args.teacher_model_name_or_path
     tokenizer = inference.load_tokenizer(student_name, model_args.model_revision)
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_name)
-    try:
-        pairing = TokenizerPairing.detect(_PAIRING_DEFAULTS, student_name, teacher_name, tokenizer, teacher_tokenizer)
-    except ValueError:  # only the aligned path refuses a pair here (e.g. a slow teacher tokenizer): refused below too
-        pairing = None
-    if pairing is None or not pairing.full_vocabulary:
+    kind = pair_kind(
+        tokenizer,
+        teacher_tokenizer,
+        head_size(student_name, revision=model_args.model_revision),
+        head_size(teacher_name),
+    )
+    if kind.mode != "same":
         reason = (
             "their heads have different sizes (`vocab_size`)"
-            if pairing is not None and pairing.mode == "padded"
+            if kind.shares_ids
             else "the tokenizers differ (some student token has another id, or none, in the teacher's)"
         )
         raise ValueError(
