@@ -20,6 +20,7 @@ COMMANDS = {
     "trl-esr train --help": ["-m", "trl_esr.cli", "train", "--help"],
     "trl-esr suggest-k --help": ["-m", "trl_esr.cli", "suggest-k", "--help"],
     "trl-esr demo --help": ["-m", "trl_esr.cli", "demo", "--help"],
+    "trl-esr evaluate --help": ["-m", "trl_esr.cli", "evaluate", "--help"],
     "(reference) the train parser built: esr_distill --help": ["-m", "trl_esr.scripts.esr_distill", "--help"],
 }
 
