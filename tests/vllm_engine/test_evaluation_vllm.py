@@ -1,13 +1,17 @@
-"""`trl-esr evaluate --use_vllm` with a real vLLM engine: greedy, it writes the responses HF `generate` gives."""
+"""`trl-esr evaluate --use_vllm` with a real vLLM engine: greedy, it writes the responses HF `generate` gives.
+
+The command runs in its own process, as a user runs it: its `LLM` tears down vLLM's process-global parallel state on
+exit, which would break the colocated engines of the tests that run after it in this process."""
 
 import json
+import subprocess
+import sys
 
 from datasets import Dataset
 
 from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 from trl_esr.evaluation import chat_prompts, generate_hf
 from trl_esr.inference import InferenceModelConfig, load_causal_lm, load_tokenizer
-from trl_esr.scripts.evaluate_boxed import EvaluateArguments, evaluate
 
 
 def test_vllm_greedy_responses_are_hf_generates(tokenizer, tmp_path):
@@ -17,10 +21,12 @@ def test_vllm_greedy_responses_are_hf_generates(tokenizer, tmp_path):
     problems = ["w1 w2", "w3 w4 w5", "w6"]
     Dataset.from_dict({"problem": problems, "answer": ["w1", "w2", "w3"]}).to_json(tmp_path / "math.jsonl")
     out = tmp_path / "vllm.jsonl"
-    args = EvaluateArguments(dataset_name=str(tmp_path / "math.jsonl"), system_prompt="w9", n=1, temperature=0,
-                             top_p=1.0, max_new_tokens=4, use_vllm=True, output_file=str(out))  # fmt: skip
+    argv = ["--model_name_or_path", model, "--dtype", "float32", "--dataset_name", str(tmp_path / "math.jsonl"),
+            "--system_prompt", "w9", "--n", "1", "--temperature", "0", "--top_p", "1.0", "--max_new_tokens", "4",
+            "--use_vllm", "--output_file", str(out)]  # fmt: skip
+    command = "import sys; from trl_esr.scripts.evaluate_boxed import main; sys.exit(main(sys.argv[1:]))"
+    subprocess.run([sys.executable, "-c", command, *argv], check=True, timeout=600)
     model_args = InferenceModelConfig(model_name_or_path=model, dtype="float32")
-    assert evaluate(args, model_args)["problems"] == 3
     vllm_responses = [json.loads(line)["responses"] for line in out.read_text().splitlines()]
 
     hf_tokenizer = load_tokenizer(model)
