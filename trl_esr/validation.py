@@ -5,11 +5,12 @@ dataset run before the models are loaded; the ones that need the tokenizer and t
 The command-line checks at the end (model paths, dataset files, output paths) run before anything is loaded.
 """
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .jsonl import JSONLineError, json_lines
 
 
 if TYPE_CHECKING:  # imported where used: `ESRConfig` runs the numeric checks, and must not import `datasets`
@@ -235,25 +236,20 @@ def explain_dataset_error(dataset_files: list[str] | None, error: Exception) -> 
         if Path(file).suffix.lower() not in (".json", ".jsonl"):
             continue
         with open(file, encoding="utf-8", errors="replace") as f:
-            first = f.read(1)
-            if first == "[":  # one JSON array: `datasets` reads it whole
+            if f.read(1) == "[":  # one JSON array: `datasets` reads it whole
                 continue
-            f.seek(0)
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as decode_error:
-                    return ValueError(
-                        f"`--dataset_files`: {file} line {number} is not valid JSON ({decode_error.msg}): "
-                        f"{line.strip()[:80]!r}. Each line must be one JSON object."
-                    )
+        try:
+            for number, line, row in json_lines(file, errors="replace"):  # explaining: an odd byte must not raise
                 if not isinstance(row, dict):
                     return ValueError(
                         f"`--dataset_files`: {file} line {number} is a JSON {type(row).__name__}, not an object: "
-                        f'{line.strip()[:80]!r}. Each line must be one object, e.g. {{"prompt": "..."}}.'
+                        f'{line[:80]!r}. Each line must be one object, e.g. {{"prompt": "..."}}.'
                     )
+        except JSONLineError as bad:
+            return ValueError(
+                f"`--dataset_files`: {file} line {bad.line_number} is not valid JSON ({bad.msg}): "
+                f"{bad.line[:80]!r}. Each line must be one JSON object."
+            )
     return error
 
 

@@ -40,6 +40,7 @@ from trl import ModelConfig, TrlParser
 from .. import inference
 from ..evaluation import answers_match, chat_prompts, extract_answer, generate_hf, generate_vllm, score_responses
 from ..inference import InferenceModelConfig
+from ..jsonl import JSONLineError, json_lines
 
 
 @dataclass
@@ -203,20 +204,18 @@ def _load_problems(args: EvaluateArguments) -> tuple[list[str], list[str]]:
 def _read_responses_file(path: str) -> list[dict]:
     """The rows of a `--responses_file`, each checked: one JSON object per line with `answer` and `responses`."""
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"`--responses_file` {path} line {number} is not valid JSON ({error.msg}).") from None
+    try:
+        for number, line, row in json_lines(path):
             if not isinstance(row, dict) or "answer" not in row or not isinstance(row.get("responses"), list):
                 raise ValueError(
                     f"`--responses_file` {path} line {number} needs an 'answer' and a 'responses' list, as "
-                    f"`--output_file` writes them; got {line.strip()[:80]!r}."
+                    f"`--output_file` writes them; got {line[:80]!r}."
                 )
             rows.append(row)
+    except JSONLineError as error:
+        raise ValueError(
+            f"`--responses_file` {path} line {error.line_number} is not valid JSON ({error.msg})."
+        ) from None
     if not rows:
         raise ValueError(f"`--responses_file` {path} is empty.")
     return rows
