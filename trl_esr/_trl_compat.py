@@ -148,6 +148,20 @@ def tokenizer_of(trainer):
     return trainer._tokenizer
 
 
+def model_revision(args, model) -> str | None:
+    """The revision `DistillationTrainer.__init__` loads a student given by name from (`model_init_kwargs`'
+    `revision`), and its processing class with it; `None` (the default branch) for an instance."""
+    return (args.model_init_kwargs or {}).get("revision") if isinstance(model, str) else None
+
+
+def teacher_revision(args, teacher_model) -> str | None:
+    """The revision `DistillationTrainer.__init__` loads a teacher given by name from: `teacher_model_init_kwargs`'
+    `revision`, else `teacher_model_revision`; `None` (the default branch) for an instance."""
+    if not isinstance(teacher_model, str):
+        return None
+    return (args.teacher_model_init_kwargs or {}).get("revision") or args.teacher_model_revision
+
+
 def load_teacher(args, teacher_model):
     """Load a teacher given by name or path as `DistillationTrainer.__init__` does; an instance is returned as is."""
     if not isinstance(teacher_model, str):

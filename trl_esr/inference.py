@@ -56,7 +56,7 @@ def model_init_kwargs(model_args: ModelConfig) -> dict:
     return kwargs
 
 
-def load_causal_lm(name_or_path: str, model_args: ModelConfig, revision: str = "main") -> PreTrainedModel:
+def load_causal_lm(name_or_path: str, model_args: ModelConfig, revision: str | None = None) -> PreTrainedModel:
     """A causal LM in eval mode. A folder holding a PEFT adapter is loaded on its base model, and merged into it
     unless the base is quantized (merging into k-bit weights rounds them)."""
     kwargs = model_init_kwargs(model_args)
@@ -71,7 +71,7 @@ def load_causal_lm(name_or_path: str, model_args: ModelConfig, revision: str = "
     return model.eval()
 
 
-def load_tokenizer(name_or_path: str, revision: str = "main") -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str, revision: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a model (or with an adapter), given a pad token if it has none: EOS, as TRL does
     (padding is masked, so its id never matters)."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)

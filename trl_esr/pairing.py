@@ -37,7 +37,7 @@ from typing import NamedTuple
 import torch
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, ProcessorMixin
 
-from ._trl_compat import load_teacher, model_id, prepare_teacher, suppress_ids_above
+from ._trl_compat import load_teacher, model_id, model_revision, prepare_teacher, suppress_ids_above, teacher_revision
 from .loss import DivergenceLoss
 from .teacher_view import teacher_inputs
 
@@ -95,10 +95,17 @@ class TokenizerPairing:
         loaded as TRL would, if not given) and head sizes, then the matching strategy object."""
         from . import cross_tokenizer  # the alignment layer: loaded by the first trainer built, not by the import
 
+        # Tokenizers and configs are read at the revisions TRL loads the weights from (`model_init_kwargs`' and
+        # `teacher_model_init_kwargs`' `revision`, `teacher_model_revision`): a branch may have another vocabulary.
         model_name = model if isinstance(model, str) else model_id(model)
+        student_revision, teacher_rev = model_revision(args, model), teacher_revision(args, teacher_model)
         if processing_class is None:  # as TRL would load it, so that both sides can be compared now
             processing_class = AutoProcessor.from_pretrained(
-                model_name, truncation_side="left", padding_side="left", trust_remote_code=args.trust_remote_code
+                model_name,
+                revision=student_revision,
+                truncation_side="left",
+                padding_side="left",
+                trust_remote_code=args.trust_remote_code,
             )
         if teacher_model is None:
             return cls(processing_class, None)
@@ -106,12 +113,17 @@ class TokenizerPairing:
             processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
         )
         teacher_name = teacher_model if isinstance(teacher_model, str) else model_id(teacher_model)
-        teacher_tokenizer = teacher_processing_class or _load_tokenizer(
-            args.teacher_tokenizer_name_or_path or (teacher_name if teacher_name != model_name else None),
-            args.trust_remote_code,
-        )
-        student_size = head_size(model, args.trust_remote_code)
-        teacher_size = head_size(teacher_model, args.trust_remote_code)
+        if args.teacher_tokenizer_name_or_path is not None:  # its own repository: its default branch
+            teacher_tokenizer = teacher_processing_class or _load_tokenizer(
+                args.teacher_tokenizer_name_or_path, args.trust_remote_code
+            )
+        else:  # the teacher's own, unless it is the student's at the same revision
+            same_files = teacher_name == model_name and teacher_rev == student_revision
+            teacher_tokenizer = teacher_processing_class or _load_tokenizer(
+                None if same_files else teacher_name, args.trust_remote_code, teacher_rev
+            )
+        student_size = head_size(model, args.trust_remote_code, student_revision)
+        teacher_size = head_size(teacher_model, args.trust_remote_code, teacher_rev)
         kind = pair_kind(student_tokenizer, teacher_tokenizer, student_size, teacher_size, args.tokenizer_alignment)
         if kind.mode == "same":
             return cls(processing_class, teacher_tokenizer)
@@ -152,11 +164,13 @@ class PaddedHeads(TokenizerPairing):
         suppress_ids_above(trainer, self.vocab_size)  # a student head with extra rows: no id the teacher lacks
 
 
-def _load_tokenizer(name: str | None, trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
+def _load_tokenizer(
+    name: str | None, trust_remote_code: bool, revision: str | None = None
+) -> PreTrainedTokenizerBase | None:
     if name is None:  # self-distillation, or a teacher instance without a path: the student's tokenizer
         return None
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as error:
         logger.warning(f"Could not load the teacher's tokenizer from `{name}` ({error}); assuming the student's.")
         return None
@@ -193,9 +207,9 @@ def pair_kind(
     return PairKind("aligned", True)  # a head too small for the ids the student can emit
 
 
-def head_size(model, trust_remote_code: bool = False, revision: str = "main") -> int:
+def head_size(model, trust_remote_code: bool = False, revision: str | None = None) -> int:
     """The rows of a model's `lm_head` (its text config's `vocab_size`), from an instance or, without loading any
-    weights, from the config of a name or path."""
+    weights, from the config of a name or path at `revision` (`None`: the default branch)."""
     if not isinstance(model, str):
         return model.config.get_text_config().vocab_size
     config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code, revision=revision)

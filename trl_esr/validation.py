@@ -171,8 +171,9 @@ def _looks_like_path(name: str) -> bool:
     return False
 
 
-def check_model_path(option: str, name: str | None, adapter: bool = False) -> None:
-    """`name` (the value of `--option`) is a model folder, or has the form of a Hub id (cached, when offline).
+def check_model_path(option: str, name: str | None, adapter: bool = False, revision: str | None = None) -> None:
+    """`name` (the value of `--option`) is a model folder, or has the form of a Hub id (cached at `revision`, when
+    offline).
 
     With `adapter`, a PEFT adapter folder (`adapter_config.json`) is accepted too."""
     if name is None:
@@ -195,10 +196,12 @@ def check_model_path(option: str, name: str | None, adapter: bool = False) -> No
         )
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, markers[0]), str):
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, markers[0], revision=revision), str):
+        at = "" if revision in (None, "main") else f" at revision {revision!r}"
         raise ValueError(
-            f"`--{option}` {name!r} not found: no local folder of that name, and the Hub model is not in the cache "
-            "while HF_HUB_OFFLINE=1. Check the spelling, give a local folder, or download it with the network on."
+            f"`--{option}` {name!r} not found: no local folder of that name, and the Hub model{at} is not in the "
+            "cache while HF_HUB_OFFLINE=1. Check the spelling, give a local folder, or download it with the network "
+            "on."
         )
 
 

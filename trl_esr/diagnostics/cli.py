@@ -62,6 +62,9 @@ class SuggestKArguments:
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Teacher model; it must read the student's token ids (the same vocabulary)."}
     )
+    teacher_model_revision: str | None = field(
+        default=None, metadata={"help": "Teacher revision (branch, tag or commit); default: its default branch."}
+    )
     student_adapter_path: str | None = field(
         default=None, metadata={"help": "Optional PEFT (LoRA) adapter loaded on top of the student."}
     )
@@ -188,8 +191,10 @@ def _validate(args: SuggestKArguments, model_args: ModelConfig) -> None:
             f"Every `--probe_k_grid` value must be in [0, {args.max_completion_length}) (`--max_completion_length`); "
             f"got {args.probe_k_grid}."
         )
-    check_model_path("model_name_or_path", model_args.model_name_or_path)
-    check_model_path("teacher_model_name_or_path", args.teacher_model_name_or_path)
+    check_model_path("model_name_or_path", model_args.model_name_or_path, revision=model_args.model_revision)
+    check_model_path(
+        "teacher_model_name_or_path", args.teacher_model_name_or_path, revision=args.teacher_model_revision
+    )
     check_model_path("student_adapter_path", args.student_adapter_path, adapter=True)
     args.dataset_name, args.dataset_files = resolve_dataset_source(args.dataset_name, args.dataset_files)
     check_output_dir("output_dir", args.output_dir)
@@ -230,12 +235,13 @@ def _load_models(args: SuggestKArguments, model_args: ModelConfig):
 
     student_name, teacher_name = model_args.model_name_or_path, args.teacher_model_name_or_path
     tokenizer = inference.load_tokenizer(student_name, model_args.model_revision)
-    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_name)
+    teacher_revision = args.teacher_model_revision
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_name, revision=teacher_revision)
     kind = pair_kind(
         tokenizer,
         teacher_tokenizer,
         head_size(student_name, revision=model_args.model_revision),
-        head_size(teacher_name),
+        head_size(teacher_name, revision=teacher_revision),
     )
     if kind.mode != "same":
         reason = (
@@ -249,7 +255,7 @@ def _load_models(args: SuggestKArguments, model_args: ModelConfig):
             "token ids with a head of the same size (the trainer supports the other pairs: docs/cross-family.md)."
         )
     student = inference.load_causal_lm(student_name, model_args, model_args.model_revision)
-    teacher = inference.load_causal_lm(teacher_name, model_args)
+    teacher = inference.load_causal_lm(teacher_name, model_args, teacher_revision)
     if args.student_adapter_path is not None:
         from peft import PeftModel
 
@@ -266,6 +272,7 @@ def _model_settings(args: SuggestKArguments, model_args: ModelConfig) -> dict:
     return {
         "model_name_or_path": model_args.model_name_or_path,
         "teacher_model_name_or_path": args.teacher_model_name_or_path,
+        "teacher_model_revision": args.teacher_model_revision,
         "student_adapter_path": args.student_adapter_path,
         **{name: getattr(model_args, name) for name in _MODEL_OPTIONS},
         "dataset": args.dataset_name or args.dataset_files,

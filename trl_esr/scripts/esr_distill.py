@@ -152,8 +152,13 @@ def check_arguments(script_args: ESRScriptArguments, training_args: ESRConfig, m
         raise ValueError("A teacher model is required. Set it with `--teacher_model_name_or_path`.")
     if model_args.model_name_or_path is None:
         raise ValueError("A student model is required. Set it with `--model_name_or_path`.")
-    validation.check_model_path("model_name_or_path", model_args.model_name_or_path, adapter=True)
-    validation.check_model_path("teacher_model_name_or_path", training_args.teacher_model_name_or_path)
+    validation.check_model_path(
+        "model_name_or_path", model_args.model_name_or_path, adapter=True, revision=model_args.model_revision
+    )
+    teacher_revision = training_args.teacher_model_revision
+    validation.check_model_path(
+        "teacher_model_name_or_path", training_args.teacher_model_name_or_path, revision=teacher_revision
+    )
     validation.check_model_path("teacher_tokenizer_name_or_path", training_args.teacher_tokenizer_name_or_path)
     script_args.dataset_name, script_args.dataset_files = validation.resolve_dataset_source(
         script_args.dataset_name, script_args.dataset_files

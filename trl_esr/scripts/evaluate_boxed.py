@@ -173,7 +173,9 @@ def validate_arguments(script_args: EvaluateArguments, model_args: ModelConfig) 
             f"`--temperature` must be >= 0 (0 = greedy) and `--top_p` in (0, 1]; got {script_args.temperature} and "
             f"{script_args.top_p}. The paper samples at 0.7 and 0.95."
         )
-    check_model_path("model_name_or_path", model_args.model_name_or_path, adapter=True)
+    check_model_path(
+        "model_name_or_path", model_args.model_name_or_path, adapter=True, revision=model_args.model_revision
+    )
 
 
 def _load_problems(args: EvaluateArguments) -> tuple[list[str], list[str]]:
