@@ -19,12 +19,14 @@ python examples/scripts/esr_distill.py \
     --dataset_train_split "train[:3200]" \
     --prompt_column problem \
     --system_prompt "Please reason step by step, and put your final answer within \\boxed{}." \
+    --teacher_chat_template teacher \
+    --teacher_chat_template_kwargs '{"enable_thinking": false}' \
     --esr_k 100 \
     --learning_rate 5.0e-6 \
     --per_device_train_batch_size 16 \
     --max_steps 200 \
     --dtype bfloat16 \
-    --bf16 \
+    --bf16 True \
     --output_dir Qwen2.5-Math-1.5B-ESR
 ```
 
@@ -37,12 +39,14 @@ python examples/scripts/esr_distill.py \
     --dataset_train_split "train[:3200]" \
     --prompt_column problem \
     --system_prompt "Please reason step by step, and put your final answer within \\boxed{}." \
+    --teacher_chat_template teacher \
+    --teacher_chat_template_kwargs '{"enable_thinking": false}' \
     --esr_k 100 \
     --learning_rate 5.0e-5 \
     --per_device_train_batch_size 16 \
     --max_steps 200 \
     --dtype bfloat16 \
-    --bf16 \
+    --bf16 True \
     --output_dir Qwen2.5-Math-1.5B-ESR-LoRA \
     --use_peft \
     --lora_r 32 \
