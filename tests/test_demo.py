@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+from dataclasses import replace
 
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the demo must never need the network
@@ -14,9 +15,9 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from trl_esr.demo import main  # noqa: E402
-from trl_esr.demo.distill import RunResult  # noqa: E402
+from trl_esr.demo.distill import DistillInputs, DistillRun, DistillSettings, RunResult, distill  # noqa: E402
 from trl_esr.demo.evaluate import weights_digest  # noqa: E402
-from trl_esr.demo.pretrain import encode_examples, sft_responses  # noqa: E402
+from trl_esr.demo.pretrain import chat_prompt, encode_examples, load_pretrained, sft_responses  # noqa: E402
 from trl_esr.demo.report import FIGURES, compare  # noqa: E402
 from trl_esr.demo.task import (  # noqa: E402
     answer_of,
@@ -215,3 +216,51 @@ def test_weights_digest_tells_equal_weights_apart_from_changed_ones(tmp_path):
     with torch.no_grad():
         next(copy.parameters()).view(-1)[0] += 1e-6
     assert weights_digest(copy) != weights_digest(model)
+
+
+def test_runs_share_one_frozen_teacher_without_leaking_state(tmp_path):
+    """The demo's trainers all get the same teacher instance: a run must leave it as it found it (same weights,
+    frozen, eval), so that repeating a run on the shared teacher reproduces it exactly; an unfrozen one is refused."""
+    tokenizer = build_tokenizer()
+    student_path = save_pretrained(
+        build_tiny_causal_lm(tokenizer, hidden_size=16, num_layers=1), tokenizer, tmp_path / "s"
+    )
+    # a Llama folder like the demo's teacher: the trainer loads the teacher's tokenizer from its path, where
+    # `AutoTokenizer` on a Qwen2 folder would swap in `Qwen2Tokenizer` (see `build_word_tokenizer`)
+    teacher_path = save_pretrained(
+        build_tiny_causal_lm(tokenizer, "llama", hidden_size=16, num_layers=1, seed=1), tokenizer, tmp_path / "t"
+    )
+    teacher = load_pretrained(teacher_path, "cpu").requires_grad_(False)
+    digest = weights_digest(teacher)
+    pairs = make_splits(2, {"distill": 8}, seed=0)["distill"]
+    inputs = DistillInputs(
+        str(student_path), teacher, tokenizer, [chat_prompt(a, b, 2) for a, b in pairs], evaluate=lambda model: 0.0
+    )
+    settings = DistillSettings(
+        response_length(2) + 2,
+        steps=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        eval_every=1,
+        guard_every=1,
+        guard_rollouts=2,
+        use_cpu=True,
+    )
+    outcomes = []
+    for attempt in range(2):  # the guarded run: the teacher scores both the loss and the guard's measurements
+        result, model = distill(
+            DistillRun("ESR + guard", 4, "stop", 0, str(tmp_path / f"run-{attempt}")), inputs, settings
+        )
+        assert weights_digest(teacher) == digest and not teacher.training
+        assert not any(parameter.requires_grad for parameter in teacher.parameters())
+        curve = [{key: value for key, value in point.items() if key != "train_seconds"} for point in result.curve]
+        outcomes.append(
+            (curve, result.tokens_generated, result.tokens_measured, result.kl_beyond_k, weights_digest(model))
+        )
+    assert outcomes[0] == outcomes[1]
+    with pytest.raises(ValueError, match="freeze it"):
+        distill(
+            DistillRun("ESR", 4, None, 0, str(tmp_path / "unfrozen")),
+            replace(inputs, teacher=teacher.requires_grad_(True)),
+            settings,
+        )

@@ -32,6 +32,40 @@ class DistillSettings:
     use_cpu: bool
 
 
+@dataclass(frozen=True)
+class DistillInputs:
+    """What every run of a regime starts from: the same student checkpoint, teacher, tokenizer, prompts and accuracy
+    measure, so that the runs differ only in their `DistillRun`.
+
+    The student is a path, loaded afresh by each run's trainer: training changes it in place, and every run must start
+    from the same weights. The teacher is one loaded instance shared by all runs, instead of each of the demo's 12
+    trainers loading it from disk again. Sharing it is safe because it is never trained: it must be frozen
+    (`requires_grad` off, so no optimizer can update it even if handed its parameters) and in eval mode (no dropout),
+    which `distill` checks before each run; the trainer's loss and the guard's measurements run it under
+    `torch.no_grad` only. An instance is used as given: TRL applies `teacher_model_init_kwargs` only to a teacher it
+    loads (the demo sets none), and places it with accelerate in evaluation mode, which on one device without mixed
+    precision (the demo's `bf16=False`) leaves it as it is; the trainer still reads the teacher's tokenizer from the
+    folder the instance was loaded from (its `name_or_path`).
+    """
+
+    student_path: str
+    teacher: PreTrainedModel
+    tokenizer: PreTrainedTokenizerFast
+    prompts: list[list[dict]]  # chat prompts, one user message each; the trainer cycles through them
+    evaluate: Callable[[PreTrainedModel], float]  # accuracy of a model on the held-out split
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    """One run of a regime: the method (full rollout, ESR, ESR + guard), its seed and where its checkpoints go."""
+
+    method: str  # its name in the report, e.g. "ESR k=12 + guard"
+    k: int | None  # `esr_k`; None: full rollout
+    guard: str | None  # `esr_horizon_guard`; None: no guard
+    seed: int
+    output_dir: str
+
+
 @dataclass
 class RunResult:
     """What one run measured. Token counts are summed from the trainer's own `esr/*` logs, plus (`tokens_measured`)
@@ -119,39 +153,34 @@ def _count_measured_tokens(trainer: ESRDistillTrainer, result: RunResult) -> Non
             callback.measure = counted_measure
 
 
-def distill(
-    method: str,
-    k: int | None,
-    guard: str | None,
-    seed: int,
-    student_path: str,
-    teacher_path: str,
-    tokenizer: PreTrainedTokenizerFast,
-    prompts: list[list[dict]],
-    evaluate: Callable[[PreTrainedModel], float],
-    settings: DistillSettings,
-    output_dir: str,
-) -> tuple[RunResult, PreTrainedModel]:
+def _check_frozen(teacher: PreTrainedModel) -> None:
+    """The shared teacher must not change between runs: frozen and in eval mode (see `DistillInputs`)."""
+    if teacher.training or any(parameter.requires_grad for parameter in teacher.parameters()):
+        raise ValueError("The teacher is shared by every run: freeze it (`requires_grad_(False)`) and call `eval()`.")
+
+
+def distill(run: DistillRun, inputs: DistillInputs, settings: DistillSettings) -> tuple[RunResult, PreTrainedModel]:
     """Distil the teacher into the student; returns the measurements and the model the run hands over.
 
-    `output_dir` belongs to the demo: a previous demo run's checkpoints there are deleted first (the trainer refuses
-    to train over checkpoints it was not told to resume from).
+    `run.output_dir` belongs to the demo: a previous demo run's checkpoints there are deleted first (the trainer
+    refuses to train over checkpoints it was not told to resume from).
     """
-    shutil.rmtree(output_dir, ignore_errors=True)
+    _check_frozen(inputs.teacher)
+    shutil.rmtree(run.output_dir, ignore_errors=True)
     args = ESRConfig(
-        output_dir=output_dir,
-        esr_k=k,
-        esr_diagnostics_steps=settings.guard_every if guard else 0,
+        output_dir=run.output_dir,
+        esr_k=run.k,
+        esr_diagnostics_steps=settings.guard_every if run.guard else 0,
         esr_diagnostics_num_rollouts=settings.guard_rollouts,
         esr_diagnostics_greedy=True,  # the guard's signal: sampled measurements were too noisy (docs/demo.md)
-        esr_horizon_guard=guard,
+        esr_horizon_guard=run.guard,
         max_completion_length=settings.max_completion_length,
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=1,
         max_steps=settings.steps,
         learning_rate=settings.learning_rate,
         warmup_steps=max(1, settings.steps // 10),  # Adam's first updates are sign-like: lr-sized noise
-        seed=seed,
+        seed=run.seed,
         use_cpu=settings.use_cpu,
         bf16=False,
         gradient_checkpointing=False,
@@ -161,17 +190,17 @@ def distill(
         report_to="none",
     )
     trainer = ESRDistillTrainer(
-        model=student_path,
-        teacher_model=teacher_path,
+        model=inputs.student_path,
+        teacher_model=inputs.teacher,
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": prompts}),
-        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": inputs.prompts}),
+        processing_class=inputs.tokenizer,
     )
-    result = RunResult(method=method, seed=seed, k=k, guard=guard)
+    result = RunResult(method=run.method, seed=run.seed, k=run.k, guard=run.guard)
     _count_measured_tokens(trainer, result)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_QuietProgress)
-    trainer.add_callback(_AccuracyCurve(evaluate, settings.eval_every, result))
+    trainer.add_callback(_AccuracyCurve(inputs.evaluate, settings.eval_every, result))
     trainer.train()
 
     logs = trainer.state.log_history
@@ -182,11 +211,11 @@ def distill(
     result.rollouts = len(step_logs) * settings.batch_size
     result.kl_beyond_k = [[log["step"], log["esr/kl_beyond_k"]] for log in logs if "esr/kl_beyond_k" in log]
     model = trainer.model
-    if guard == "stop":
+    if run.guard == "stop":
         result.stopped_at = trainer.state.global_step if trainer.state.global_step < settings.steps else None
         best = trainer.state.best_model_checkpoint
         if best:  # the guard's lowest-KL-beyond-k checkpoint: what a user of the guard keeps
             model = AutoModelForCausalLM.from_pretrained(best).to(trainer.model.device)
             result.kept_step = int(best.rsplit("-", 1)[1])
-            result.kept_accuracy = evaluate(model)
+            result.kept_accuracy = inputs.evaluate(model)
     return result, model

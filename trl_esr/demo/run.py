@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
-from .distill import DistillSettings, RunResult, distill
+from .distill import DistillInputs, DistillRun, DistillSettings, RunResult, distill
 from .evaluate import greedy_accuracy, per_position_reverse_kl, weights_digest
 from .pretrain import ModelRecipe, chat_prompt, load_pretrained, pretrain_missing
 from .regimes import Regime, predict
@@ -138,8 +138,9 @@ class _Demo:
         started = time.perf_counter()
         jobs = self._pretrain_jobs()
         pretrain_missing(jobs, self.splits["sft"], device, settings.pretrain_threads)
-        self.teacher_path = jobs[0][2]
-        self.teacher = load_pretrained(self.teacher_path, device)
+        # One instance for the evaluations and every run's trainer: frozen, as `DistillInputs` requires of a teacher
+        # the runs share (it is never trained), instead of each trainer loading it from disk again.
+        self.teacher = load_pretrained(jobs[0][2], device).requires_grad_(False)
         self.pretrain_seconds = time.perf_counter() - started  # pre-training or loading the cached models
         self.teacher_accuracy = self.evaluate(self.teacher)
         print(f"Teacher accuracy on {settings.test_size} held-out problems: {self.teacher_accuracy:.1%}.")
@@ -202,7 +203,13 @@ class _Demo:
             + f".\nPrediction: {prediction.reading}"
         )
         settings = replace(self.distill_settings, learning_rate=regime.learning_rate)
-        prompts = [chat_prompt(a, b, n) for a, b in self.splits["distill"]]
+        inputs = DistillInputs(
+            student_path=str(self.output_dir / "models" / student_name),
+            teacher=self.teacher,
+            tokenizer=self.tokenizer,
+            prompts=[chat_prompt(a, b, n) for a, b in self.splits["distill"]],
+            evaluate=self.evaluate,
+        )
         kl = {"before distillation": self.kl_profile(student)}
         runs: list[RunResult] = []
         for seed in range(self.seed, self.seed + s.num_seeds):
@@ -215,10 +222,7 @@ class _Demo:
                 run_dir = (
                     self.output_dir / "runs" / slug / f"{method.split()[0].lower()}{'-guard' if guard else ''}-{seed}"
                 )
-                result, model = distill(
-                    method, k, guard, seed, str(self.output_dir / "models" / student_name), str(self.teacher_path),
-                    self.tokenizer, prompts, self.evaluate, settings, str(run_dir),
-                )  # fmt: skip
+                result, model = distill(DistillRun(method, k, guard, seed, str(run_dir)), inputs, settings)
                 kept = f" (guard kept step {result.kept_step})" if result.kept_step is not None else ""
                 print(f"  accuracy {result.final_accuracy:.1%}{kept} after {result.wall_seconds:.1f} s of training.")
                 if seed == self.seed and guard is None:
