@@ -285,6 +285,7 @@ class FSDP2Job:
 
     def __init__(self, workdir: Path):
         self.spec_file, self.result_file = workdir / "fsdp2_spec.json", workdir / "fsdp2_result.json"
+        self.ready_file = workdir / "fsdp2_ready"
         with socket.socket() as s:  # a free port for the rendezvous
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -300,6 +301,17 @@ class FSDP2Job:
         self.log = open(workdir / "fsdp2.log", "w+")  # read and closed in `run` / `close`
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)  # fmt: skip
+
+    def wait_until_imported(self, timeout: float = 300.0) -> float:
+        """Block until the worker has finished its imports (or exited), and return the seconds waited. Measured runs
+        start only then: the worker's start-up is CPU-bound (~25 s of imports) and, on a machine with few cores,
+        slowed the first run's steps several-fold."""
+        start = time.perf_counter()
+        while not self.ready_file.exists() and self.process.poll() is None:
+            if time.perf_counter() - start > timeout:
+                break
+            time.sleep(0.1)
+        return time.perf_counter() - start
 
     def run(self, spec: dict, timeout: float) -> dict:
         start = time.perf_counter()
@@ -347,6 +359,7 @@ def fsdp2_worker(spec_file: str, parent_pid: int) -> None:
     """The FSDP2 job's body: wait for the spec (imports done), run `esr` under FSDP2, and write its result (or exact
     error) to the spec's `result` file."""
     spec_file = Path(spec_file)
+    (spec_file.parent / "fsdp2_ready").touch()  # imports done: the measured runs may start (`wait_until_imported`)
     while not spec_file.exists():
         try:
             os.kill(parent_pid, 0)  # is the benchmark still there?
@@ -403,6 +416,7 @@ def benchmark(shape: str, full_length, steps: int, budget: float | None, output_
 def _run_all(spec, shape, device, full_length, steps, budget, output_dir, workdir, started, fsdp2_job) -> dict:
     k = spec["k"]
     tokenizer, paths, params = build_models(shape, workdir, device)
+    worker_wait = fsdp2_job.wait_until_imported()  # nothing else may compete with the timed steps
     prompt_lengths = [
         prompt_length(tokenizer, p) for p in make_prompts(tokenizer, shape, spec["batch_size"] * (steps + 1))
     ]
@@ -418,6 +432,7 @@ def _run_all(spec, shape, device, full_length, steps, budget, output_dir, workdi
             k=k,
             steps=steps,
             warmup_steps=1,
+            fsdp2_worker_import_wait_s=worker_wait,
             lora=LORA,
             dtype="bfloat16" if device == "cuda" else "float32",
             eos_suppressed=True,

@@ -1,19 +1,36 @@
-"""The paper-shape benchmark (`benchmarks/paper_shape.py`) at tiny shapes on CPU: the same runs as on the GPU, each
-rollout exactly k or L tokens, and every figure in the JSON (no timing assertions)."""
+"""The paper-shape benchmark (`benchmarks/paper_shape.py`) at tiny shapes on CPU, through the one-shot device script
+(`benchmarks/device/run_paper_shape.sh`, with this environment's packages instead of the carried wheels): the same
+runs as on the GPU, each rollout exactly k or L tokens, and every figure in the JSON (no timing assertions)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from benchmarks.paper_shape import SHAPES, main
+from benchmarks.paper_shape import AUTO_CAPS, SHAPES, choose_full_length
+
+
+ROOT = Path(__file__).parent.parent
 
 
 TIMINGS = ("step", "generation", "training", "teacher_forward", "student_and_update")
 
 
 def test_tiny_paper_shape_benchmark(tmp_path):
-    results = main(["--shapes", "tiny", "--steps", "1", "--output-dir", str(tmp_path)])
-    for name in ("results.json", "results.md", "paper_shape.png"):
+    """The device command itself, as `run` would start it but on CPU: `--full-length auto` under the budget (at tiny
+    shapes no shorter cap exists, so L is the shape's own), then every figure checked."""
+    env = {**os.environ, "INSTALL": "0", "PYTHON": sys.executable, "OUT": str(tmp_path), "BUDGET_S": "600"}
+    script = ROOT / "benchmarks/device/run_paper_shape.sh"
+    done = subprocess.run(["bash", str(script), "--shapes", "tiny", "--steps", "1"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| cuda" in done.stdout and "== exit status 0" in done.stdout  # the versions line, then the benchmark
+    for name in ("results.json", "results.md", "paper_shape.png", "log.txt"):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert json.loads((tmp_path / "results.json").read_text()) == results
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["full_length_choice"]["requested"] == "auto"
+    assert results["settings"]["fsdp2_worker_import_wait_s"] >= 0  # timed runs start after the worker's imports
 
     spec, runs = SHAPES["tiny"], results["runs"]
     k, length, batch = spec["k"], spec["full_length"], spec["batch_size"]
@@ -53,3 +70,21 @@ def test_tiny_paper_shape_benchmark(tmp_path):
     assert results["paper"]["esr"]["step"] == 8.0 and results["paper"]["full"]["peak_memory_gb"] == 63.3
     report = (tmp_path / "results.md").read_text()
     assert "| ESR k=8 (`ESRDistillTrainer`) |" in report and "plain `trl.DistillationTrainer`" in report
+
+
+def test_auto_full_length_takes_the_longest_cap_predicted_to_fit():
+    """`--full-length auto`: each cap's time predicted by hand from the ESR run's figures (set-up, then per step a
+    decode step per token, x1.25 for the growing KV cache, and training scaled by L / k)."""
+    esr = {"setup_s": 10.0, "generation_s_per_decode_step": 0.02, "training": 1.0}
+    k, steps = 100, 2
+
+    def by_hand(cap: int) -> float:
+        return 10.0 + 3 * (1.25 * 0.02 * cap + 1.0 * cap / 100)
+
+    assert by_hand(3584) > 300 >= by_hand(2560)  # 386.3 s and 278.8 s
+    cap, choice = choose_full_length("auto", esr, k, steps, seconds=300, longest=3584)
+    assert cap == 2560 and 3072 in choice["predicted_s"] and abs(choice["predicted_s"][2560] - by_hand(2560)) < 1e-9
+    assert choose_full_length("auto", esr, k, steps, seconds=1e6, longest=3584)[0] == 3584  # the paper's cap fits
+    assert choose_full_length("auto", esr, k, steps, seconds=1, longest=3584)[0] == min(AUTO_CAPS)  # nothing fits
+    assert choose_full_length("auto", {"error": "x"}, k, steps, seconds=1e6, longest=3584)[0] == min(AUTO_CAPS)
+    assert choose_full_length("1024", esr, k, steps, seconds=1, longest=3584) == (1024, {"requested": 1024})
