@@ -93,3 +93,50 @@ def test_documented_command_parses(where, command, argv, monkeypatch):
         parse_demo_args(argv)
     else:
         pytest.fail(f"{where}: `trl-esr {command}` is not a command")
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [(f"{s.relative_to(ROOT)} #{i}", b) for s in sources for i, b in
+            enumerate(re.findall(r"```python\n(.*?)```", s.read_text(), re.S))]  # fmt: skip
+
+
+def _snippet_problems(code: str) -> list[str]:
+    """What in a snippet names something `trl_esr` does not have: an import, or a keyword argument of a call to an
+    imported `trl_esr` name (a class's `__init__`, a dataclass's fields, a function's parameters)."""
+    import importlib
+    import inspect
+
+    imported, problems = {}, []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] == "trl_esr":
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name):
+                    problems.append(f"{node.module} has no {alias.name}")
+                else:
+                    imported[alias.asname or alias.name] = getattr(module, alias.name)
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imported:
+            parameters = inspect.signature(imported[node.func.id]).parameters
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+            for keyword in node.keywords:
+                if keyword.arg is not None and keyword.arg not in parameters and not takes_any:
+                    problems.append(f"{node.func.id}() has no argument {keyword.arg!r}")
+    return problems
+
+
+@pytest.mark.parametrize(("where", "code"), _python_blocks(), ids=[where for where, _ in _python_blocks()])
+def test_documented_python_names_exist(where, code):
+    """Each Python snippet of the README and docs parses, and every `trl_esr` name and keyword argument it uses
+    exists (the README's snippet also runs: tests/test_readme.py)."""
+    assert not _snippet_problems(code), where
+
+
+def test_the_snippet_check_catches_a_renamed_argument():
+    assert _snippet_problems("from trl_esr import ESRConfig\nESRConfig(esr_k=1, esr_horizon=2)") == [
+        "ESRConfig() has no argument 'esr_horizon'"
+    ]
+    assert _snippet_problems("from trl_esr.data import load_dataset_of_prompts") == [
+        "trl_esr.data has no load_dataset_of_prompts"
+    ]
