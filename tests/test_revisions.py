@@ -4,6 +4,7 @@ whose heads differ ("main": the student's rows, "v2": 8 rows more), built here i
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -143,3 +144,22 @@ def test_suggest_k_checks_the_pair_at_the_teachers_revision(teacher_repo, tokeni
     with pytest.raises(ValueError, match="their heads have different sizes"):
         suggest_k_cli._load_models(args, model_args)
     assert suggest_k_cli._model_settings(args, model_args)["teacher_model_revision"] == "v2"  # part of the resume key
+
+
+@pytest.mark.parametrize(
+    "options", [{"teacher_model_revision": "v2"}, {"teacher_model_init_kwargs": {"revision": "v2"}}]
+)
+def test_the_model_card_names_the_teachers_revision(teacher_repo, make_args, make_trainer, options):
+    """The card's teacher row names the revision the teacher was loaded from, however it was given."""
+    trainer = make_trainer(make_args(max_steps=1, **options), teacher_model=teacher_repo)
+    trainer.create_model_card()
+    card = (Path(trainer.args.output_dir) / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| teacher |"))
+    assert row == "| teacher | `esr-test/teacher` (revision `v2`) |"
+
+
+def test_a_local_teacher_has_no_revision_in_the_card(make_args, make_trainer, model_paths):
+    trainer = make_trainer(make_args(max_steps=1))
+    trainer.create_model_card()
+    card = (Path(trainer.args.output_dir) / "README.md").read_text()
+    assert f"| teacher | `{model_paths['teacher']}` |" in card  # no revision: the default branch

@@ -21,6 +21,7 @@ def esr_details(trainer, dataset_name: str | None = None) -> str:
 
     args = trainer.args
     teacher = model_id(trainer.accelerator.unwrap_model(trainer.teacher_model))
+    revision = trainer._teacher_revision  # the branch, tag or commit a teacher given by name was loaded from
     if args.esr_k is None:
         horizon = f"full rollouts (ESR off), up to `max_completion_length={args.max_completion_length}` tokens"
     elif args.esr_k_schedule == "linear":
@@ -29,7 +30,9 @@ def esr_details(trainer, dataset_name: str | None = None) -> str:
     else:
         horizon = f'training rollouts stop after the first **k = {args.esr_k}** tokens (`esr_mode="{args.esr_mode}"`)'
     rows = {
-        "teacher": f"`{teacher}`" if teacher else "a local model",
+        "teacher": (f"`{teacher}`" + (f" (revision `{revision}`)" if revision else ""))
+        if teacher
+        else "a local model",
         "dataset": f"`{dataset_name}`" if dataset_name else "not given",
         "rollout horizon": horizon,
         "divergence": f"generalized JSD with beta={args.beta} (1.0 = reverse KL, KL(student ‖ teacher))",

@@ -17,6 +17,7 @@ from ._trl_compat import (
     model_id,
     replace_divergence_loss,
     stop_token_ids,
+    teacher_revision,
     tokenizer_of,
 )
 from .config import ESRConfig
@@ -139,6 +140,7 @@ class ESRDistillTrainer(DistillationTrainer):
                 tools=tools,
             )
         self._pairing.attach(self, own_teacher)
+        self._teacher_revision = teacher_revision(args, teacher_model)  # what TRL loaded it from, for the model card
         self._teacher_renderer = TeacherPromptRenderer.from_config(
             args, self._pairing, tokenizer_of(self), train_dataset
         )
