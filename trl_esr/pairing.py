@@ -98,11 +98,11 @@ class TokenizerPairing:
         # Tokenizers and configs are read at the revisions TRL loads the weights from (`model_init_kwargs`' and
         # `teacher_model_init_kwargs`' `revision`, `teacher_model_revision`): a branch may have another vocabulary.
         model_name = model if isinstance(model, str) else model_id(model)
-        student_revision, teacher_rev = model_revision(args, model), teacher_revision(args, teacher_model)
+        student_rev, teacher_rev = model_revision(args, model), teacher_revision(args, teacher_model)
         if processing_class is None:  # as TRL would load it, so that both sides can be compared now
             processing_class = AutoProcessor.from_pretrained(
                 model_name,
-                revision=student_revision,
+                revision=student_rev,
                 truncation_side="left",
                 padding_side="left",
                 trust_remote_code=args.trust_remote_code,
@@ -114,15 +114,12 @@ class TokenizerPairing:
         )
         teacher_name = teacher_model if isinstance(teacher_model, str) else model_id(teacher_model)
         if args.teacher_tokenizer_name_or_path is not None:  # its own repository: its default branch
-            teacher_tokenizer = teacher_processing_class or _load_tokenizer(
-                args.teacher_tokenizer_name_or_path, args.trust_remote_code
-            )
-        else:  # the teacher's own, unless it is the student's at the same revision
-            same_files = teacher_name == model_name and teacher_rev == student_revision
-            teacher_tokenizer = teacher_processing_class or _load_tokenizer(
-                None if same_files else teacher_name, args.trust_remote_code, teacher_rev
-            )
-        student_size = head_size(model, args.trust_remote_code, student_revision)
+            source, revision = args.teacher_tokenizer_name_or_path, None
+        else:  # the teacher's own (None: the student's files, at the same revision)
+            same_files = teacher_name == model_name and teacher_rev == student_rev
+            source, revision = (None if same_files else teacher_name), teacher_rev
+        teacher_tokenizer = teacher_processing_class or _load_tokenizer(source, args.trust_remote_code, revision)
+        student_size = head_size(model, args.trust_remote_code, student_rev)
         teacher_size = head_size(teacher_model, args.trust_remote_code, teacher_rev)
         kind = pair_kind(student_tokenizer, teacher_tokenizer, student_size, teacher_size, args.tokenizer_alignment)
         if kind.mode == "same":
