@@ -2,7 +2,8 @@
 
 Each subcommand forwards its arguments to its module's `main`. `trl-esr --help` and `trl-esr <command> --help` import
 nothing heavy: a command's help is pre-rendered in `trl_esr/_cli_help.py` (by `scripts/gen_cli_help.py`, checked by
-a test), since building the parser of `train` alone imports torch, transformers and TRL."""
+a test), since building the parser of `train` alone imports torch, transformers and TRL. The text is used only when
+the installed transformers and TRL are the versions it was rendered with; otherwise the command's parser prints it."""
 
 import sys
 
@@ -23,14 +24,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<10} {help_text}")
         print("\n`trl-esr <command> --help` lists a command's options.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    if argv[1:] in (["-h"], ["--help"]):
-        from ._cli_help import HELP
-
-        print(HELP[argv[0]], end="")
+    if argv[1:] in (["-h"], ["--help"]) and (text := _cached_help(argv[0])) is not None:
+        print(text, end="")
         return 0
     module_name, _ = _COMMANDS[argv[0]]
     module = __import__(module_name, fromlist=["main"])
     return module.main(argv[1:]) or 0
+
+
+def _cached_help(command: str) -> str | None:
+    """The pre-rendered help of `command`, or None when it would not be what its parser prints here: the options of
+    `train` come from transformers' and TRL's dataclasses, which gain and lose fields between versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ._cli_help import HELP, RENDERED_WITH
+
+    try:
+        if any(version(name) != rendered for name, rendered in RENDERED_WITH.items()):
+            return None
+    except PackageNotFoundError:
+        return None
+    return HELP[command]
 
 
 if __name__ == "__main__":
