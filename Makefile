@@ -25,6 +25,14 @@ test: $(STAMP)
 test-vllm: $(VLLM_STAMP)
 	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -o addopts=-ra tests/vllm_engine $(ARGS)
 
+# The floors in pyproject.toml, checked: the suite on the oldest release of each direct dependency (uv's lowest-direct
+# resolution, torch's CUDA build from the registry, ~6 GB). By hand after changing a floor; not in CI (README, Install).
+LOWEST_VENV ?= .venv-lowest
+.PHONY: test-lowest
+test-lowest:
+	LOWEST=1 bash scripts/setup_env.sh $(LOWEST_VENV)
+	HF_HUB_OFFLINE=1 $(LOWEST_VENV)/bin/python -m pytest -q $(ARGS)
+
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m benchmarks.step_time $(ARGS)
 
@@ -37,4 +45,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean-venv:
-	rm -rf $(VENV) $(VLLM_VENV)
+	rm -rf $(VENV) $(VLLM_VENV) $(LOWEST_VENV)

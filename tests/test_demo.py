@@ -118,9 +118,12 @@ def test_guard_measurements_are_counted_and_its_checkpoint_is_what_is_reported(f
         guard = _runs(metrics, regime)["guard"]
         # 2 measurements (every 2 of 4 steps) of 4 greedy rollouts, 1 to 37 tokens (max_completion_length) each; a
         # measurement whose rollouts all end within k logs no `kl_beyond_k`
-        assert 1 <= len(guard["kl_beyond_k"]) <= 2 and 2 * 4 <= guard["tokens_measured"] <= 2 * 4 * 37
+        assert len(guard["kl_beyond_k"]) <= 2 and 2 * 4 <= guard["tokens_measured"] <= 2 * 4 * 37
         last = guard["curve"][-1]
         assert last["tokens"] == guard["tokens_generated"] + guard["tokens_measured"]
+        if not guard["kl_beyond_k"]:  # both ended within k (torch 2.6's sampler, here): no checkpoint to keep
+            assert guard["kept_step"] is None and guard["final_accuracy"] == last["accuracy"]
+            continue
         # the kept checkpoint, reloaded and re-evaluated, scores what the run measured at that step (greedy)
         at_step = {p["step"]: p["accuracy"] for p in guard["curve"]}
         assert guard["kept_step"] in at_step and guard["final_accuracy"] == at_step[guard["kept_step"]]

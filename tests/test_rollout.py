@@ -44,8 +44,11 @@ def test_evaluation_is_not_capped_and_cap_is_restored(make_trainer, train_datase
 
 
 def test_capped_fraction_counts_rollouts_that_did_not_end(make_trainer, tokenizer, make_args):
-    # EOS allowed: a random tiny model ends some rollouts early; capped = the ones still running at k.
-    args = make_args(esr_k=6, suppress_eos=False, per_device_train_batch_size=8, max_steps=1)
+    # EOS allowed and made likelier (+1 to its logit: 2-5 of 8 rollouts end by token 6 on each of 8 seeds tried, where
+    # the bare random model ends 0-2, and 0 with torch 2.6's sampler); capped = the ones still running at k.
+    eos_bias = {"sequence_bias": [[[tokenizer.eos_token_id], 1.0]]}
+    args = make_args(esr_k=6, suppress_eos=False, per_device_train_batch_size=8, max_steps=1,
+                     generation_kwargs=eos_bias)  # fmt: skip
     trainer = make_trainer(args)
     batches = record_batches(trainer)
     trainer.train()

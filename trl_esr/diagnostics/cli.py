@@ -204,14 +204,15 @@ def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
     from datasets.exceptions import DatasetGenerationError
 
     from ..data import load_prompt_dataset, to_prompt_dataset
-    from ..validation import explain_dataset_error, explain_split_error
+    from ..validation import explain_load_error
 
     try:
         dataset = load_prompt_dataset(args.dataset_name, dataset_files=args.dataset_files, split=args.dataset_split)
-    except DatasetGenerationError as error:
-        raise explain_dataset_error(args.dataset_files, error) from error
-    except ValueError as error:
-        raise explain_split_error("dataset_split", args.dataset_split, bool(args.dataset_files), error) from error
+    except (DatasetGenerationError, ValueError, TypeError) as error:
+        explained = explain_load_error("dataset_split", args.dataset_split, args.dataset_files, error)
+        if explained is error and isinstance(error, TypeError):
+            raise  # no bad line or split behind it: the traceback
+        raise explained from error
     if len(dataset) == 0:
         raise ValueError(f"The dataset split `--dataset_split` {args.dataset_split!r} has no rows.")
     dataset = to_prompt_dataset(dataset, args.prompt_column)  # names `--prompt_column` when it finds no prompt

@@ -216,12 +216,15 @@ def _checkpoint_to_resume(training_args: ESRConfig, overwrite: bool) -> str | No
 def _check_hub_access(token: str | None) -> None:
     """`--push_to_hub` fails only after training otherwise (or with a long network traceback when the trainer is
     built): check the network and the token now."""
+    import huggingface_hub
     import transformers.trainer
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalTokenNotFoundError
 
+    # the Trainer's own client since transformers 5.11 (its endpoint and headers); before, huggingface_hub's default
+    hub_api = getattr(transformers.trainer, "hf_api", None)
     try:
-        transformers.trainer.hf_api().whoami(token=token)
+        (hub_api() if hub_api is not None else huggingface_hub.HfApi()).whoami(token=token)
     except LocalTokenNotFoundError:
         if constants.HF_HUB_OFFLINE:
             raise ValueError(_offline_push_message()) from None
@@ -335,11 +338,11 @@ def _prompt_split(script_args: ESRScriptArguments, option: str, split: str):
             split=split,
             streaming=script_args.dataset_streaming,
         )
-    except DatasetGenerationError as error:
-        raise InputError(validation.explain_dataset_error(script_args.dataset_files, error)) from error
-    except ValueError as error:
-        local = bool(script_args.dataset_files)
-        raise InputError(validation.explain_split_error(option, split, local, error)) from error
+    except (DatasetGenerationError, ValueError, TypeError) as error:
+        explained = validation.explain_load_error(option, split, script_args.dataset_files, error)
+        if explained is error and isinstance(error, TypeError):
+            raise  # no bad line or split behind it: the traceback, not a one-line input error
+        raise InputError(explained) from error
     try:
         return to_prompt_dataset(dataset, script_args.prompt_column, script_args.system_prompt)
     except ValueError as error:  # no prompt column, a conversation that does not end with a user turn
