@@ -256,14 +256,16 @@ def explain_dataset_error(dataset_files: list[str] | None, error: Exception) -> 
     return error
 
 
-def explain_load_error(option: str, split: str, dataset_files: list[str] | None, error: Exception) -> Exception:
+def explain_load_error(option: str, split: str, dataset_files: list[str] | None, error: Exception) -> Exception | None:
     """The clearer of the two errors above for a failed `load_dataset`: a local JSON Lines file's bad line, else a
-    split that cannot be found (`--option`), else `error` itself. A bad line reaches us as `DatasetGenerationError`
-    with current `datasets`, and as the bare `ValueError` or `TypeError` of its JSON reader with older ones (4.7)."""
+    split that cannot be found (`--option`), else `error` itself as an input error; None for a `TypeError` that
+    neither explains (a bug to see with its traceback). A bad line reaches us as `DatasetGenerationError` with current
+    `datasets`, and as the bare `ValueError` or `TypeError` of its JSON reader with older ones (4.7)."""
     explained = explain_dataset_error(dataset_files, error)
     if explained is not error:
         return explained
-    return explain_split_error(option, split, bool(dataset_files), error)
+    explained = explain_split_error(option, split, bool(dataset_files), error)
+    return None if explained is error and isinstance(error, TypeError) else explained
 
 
 def explain_split_error(option: str, split: str, local_files: bool, error: Exception) -> Exception:

@@ -210,8 +210,8 @@ def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
         dataset = load_prompt_dataset(args.dataset_name, dataset_files=args.dataset_files, split=args.dataset_split)
     except (DatasetGenerationError, ValueError, TypeError) as error:
         explained = explain_load_error("dataset_split", args.dataset_split, args.dataset_files, error)
-        if explained is error and isinstance(error, TypeError):
-            raise  # no bad line or split behind it: the traceback
+        if explained is None:
+            raise
         raise explained from error
     if len(dataset) == 0:
         raise ValueError(f"The dataset split `--dataset_split` {args.dataset_split!r} has no rows.")

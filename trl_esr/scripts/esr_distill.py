@@ -222,9 +222,9 @@ def _check_hub_access(token: str | None) -> None:
     from huggingface_hub.errors import LocalTokenNotFoundError
 
     # the Trainer's own client since transformers 5.11 (its endpoint and headers); before, huggingface_hub's default
-    hub_api = getattr(transformers.trainer, "hf_api", None)
+    hub_api = getattr(transformers.trainer, "hf_api", huggingface_hub.HfApi)
     try:
-        (hub_api() if hub_api is not None else huggingface_hub.HfApi()).whoami(token=token)
+        hub_api().whoami(token=token)
     except LocalTokenNotFoundError:
         if constants.HF_HUB_OFFLINE:
             raise ValueError(_offline_push_message()) from None
@@ -340,8 +340,8 @@ def _prompt_split(script_args: ESRScriptArguments, option: str, split: str):
         )
     except (DatasetGenerationError, ValueError, TypeError) as error:
         explained = validation.explain_load_error(option, split, script_args.dataset_files, error)
-        if explained is error and isinstance(error, TypeError):
-            raise  # no bad line or split behind it: the traceback, not a one-line input error
+        if explained is None:
+            raise
         raise InputError(explained) from error
     try:
         return to_prompt_dataset(dataset, script_args.prompt_column, script_args.system_prompt)
