@@ -176,8 +176,9 @@ def test_loss_and_metrics_equal_the_hf_path_for_the_same_rollouts(
 
 
 def greedy(trainer, prompts: list[list[int]], eos: int, steps: int = 12):
-    """Greedy continuations of `prompts` by the engine and by HF `generate`, with each engine token's logprob and
-    the HF model's logprob of the same token (both over the vocabulary without EOS)."""
+    """Greedy continuations of `prompts` by the engine and by HF `generate`, with each engine token's logprob, the HF
+    model's logprob of the same token after the same prefix, and the HF model's best logprob there (all over the
+    vocabulary without EOS)."""
     never_eos = [i for i in range(trainer.model.config.vocab_size) if i != eos]
     params = SamplingParams(temperature=0.0, max_tokens=steps, allowed_token_ids=never_eos, logprobs=0)
     outputs = trainer.vllm_generation.llm.generate(
@@ -196,8 +197,9 @@ def greedy(trainer, prompts: list[list[int]], eos: int, steps: int = 12):
             )[0, len(ids) :]
             logits = model(torch.tensor([ids + engine_tokens])).logits[0, len(ids) - 1 : -1].float()  # (steps, V)
         logits[:, eos] = float("-inf")
-        hf_logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(engine_tokens)[:, None])[:, 0]
-        results.append((engine_tokens, hf.tolist(), torch.tensor(engine_logprobs), hf_logprobs))
+        hf_all = torch.log_softmax(logits, dim=-1)
+        hf_logprobs = hf_all.gather(1, torch.tensor(engine_tokens)[:, None])[:, 0]
+        results.append((engine_tokens, hf.tolist(), torch.tensor(engine_logprobs), hf_logprobs, hf_all.max(-1).values))
     return results
 
 
@@ -212,10 +214,11 @@ def test_engine_computes_with_the_synced_weights(make_vllm_args, make_vllm_train
     after = greedy(trainer, prompts, tokenizer.eos_token_id)
 
     # vLLM runs a float32 checkpoint in bfloat16 (its "auto" dtype, which TRL's colocated engine uses): logprobs
-    # agree to bfloat16 precision, greedy tokens exactly.
+    # agree to bfloat16 precision, and every greedy engine token is the HF model's best after the same prefix to that
+    # precision. (Not "the same tokens as HF `generate`": at a near tie, 0.0065 nats apart once, either may win.)
     assert trainer.vllm_generation.llm.llm_engine.model_config.dtype == torch.bfloat16
-    for engine_tokens, hf_tokens, engine_logprobs, hf_logprobs in before + after:
-        assert engine_tokens == hf_tokens
+    for _, _, engine_logprobs, hf_logprobs, hf_best in before + after:
+        assert (hf_best - hf_logprobs).max() <= 2e-2
         torch.testing.assert_close(engine_logprobs, hf_logprobs, atol=2e-2, rtol=0)
     # Training changed the student's greedy text, so an engine left with stale weights would fail the checks above.
     assert [result[1] for result in before] != [result[1] for result in after]
