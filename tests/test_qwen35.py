@@ -10,6 +10,10 @@ hidden states the loss receives against each model's own forward on its unpadded
 computed here on a vocabulary matched by token string.
 """
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import DivergenceSpy, record_batches
@@ -219,3 +223,63 @@ def test_a_qwen35_teacher_for_a_qwen3_student_gives_the_kl_computed_by_hand(voca
         per_rollout.append((log_p.exp() * (log_p - log_q)).sum(-1).mean())
     (call,) = spy.calls
     assert call["loss"].item() == pytest.approx(torch.stack(per_rollout).mean().item(), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def qwen35_pair(vocabularies, tmp_path_factory):
+    """A tiny Qwen3.5 student and teacher saved with the real tokenizer only (no processor files)."""
+    if Qwen3_5Config is None:
+        pytest.skip("this transformers has no Qwen3.5 models")
+    root, tokenizer = tmp_path_factory.mktemp("qwen35"), vocabularies["qwen3.5"]
+    return [save_pretrained(_qwen35_model(tokenizer, seed=s), tokenizer, root / n) for s, n in ((0, "s"), (1, "t"))]
+
+
+def _has_torchvision() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def _write_processor_configs(path, files: tuple[str, ...]) -> None:
+    """The processor files of a Qwen3.5 repository (Qwen3-VL's processor: `Qwen3VLProcessor`, an image processor and
+    `Qwen3VLVideoProcessor`, which transformers has for torchvision only), with their sizing fields."""
+    common = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3,
+              "image_std": [0.5] * 3, "processor_class": "Qwen3VLProcessor"}  # fmt: skip
+    types = {"preprocessor_config.json": {"image_processor_type": "Qwen2VLImageProcessorFast"},
+             "video_preprocessor_config.json": {"video_processor_type": "Qwen3VLVideoProcessor"}}  # fmt: skip
+    for name in files:
+        (Path(path) / name).write_text(json.dumps({**common, **types[name]}))
+
+
+@needs_qwen35
+@pytest.mark.skipif(_has_torchvision(), reason="with torchvision the processor loads: nothing to fall back from")
+@pytest.mark.parametrize(
+    "files",
+    [(), ("preprocessor_config.json",), ("preprocessor_config.json", "video_preprocessor_config.json")],
+    ids=["tokenizer-only folder", "image processor", "image and video processors"],
+)
+def test_a_qwen35_student_trains_on_text_prompts_without_torchvision(
+    vocabularies, qwen35_pair, chat_prompts, make_args, tmp_path, files, caplog
+):
+    """Without `processing_class`, TRL loads the student's `AutoProcessor`. For a Qwen3.5 folder without torchvision
+    that raises (`OSError`, `ValueError` or `ImportError`, by which processor files it has), though text prompts need
+    only the tokenizer: the trainer takes the tokenizer, says so, and trains. With an image column it keeps the
+    error."""
+    tokenizer, k = vocabularies["qwen3.5"], 4
+    paths = [str(shutil.copytree(qwen35_pair[0], tmp_path / "student")), qwen35_pair[1]]
+    _write_processor_configs(paths[0], files)
+    args = make_args(max_steps=1, esr_k=k, per_device_train_batch_size=4, esr_diagnostics_steps=0)
+    with caplog.at_level("WARNING", logger="trl_esr.pairing"):
+        trainer = ESRDistillTrainer(model=paths[0], teacher_model=paths[1], args=args, train_dataset=chat_prompts)
+    assert "could not be loaded" in caplog.text and "its tokenizer is used instead" in caplog.text  # it did fail
+    loaded = trainer.processing_class
+    assert loaded.padding_side == "left" and len(loaded) == len(tokenizer)
+    for text in TEXTS.values():  # the checkpoint's own tokenizer, as written
+        assert loaded(text, add_special_tokens=False).input_ids == tokenizer(text, add_special_tokens=False).input_ids
+    batches = record_batches(trainer)
+    trainer.train()
+    assert [len(row) for b in batches for row in b["completion_ids"].tolist()] == [k] * 4
+
+    with_images = chat_prompts.add_column("images", [[] for _ in range(len(chat_prompts))])
+    with pytest.raises((ImportError, OSError, ValueError)):
+        ESRDistillTrainer(model=paths[0], teacher_model=paths[1], args=args, train_dataset=with_images)

@@ -90,9 +90,12 @@ class TokenizerPairing:
         return {}
 
     @classmethod
-    def detect(cls, args, model, teacher_model, processing_class, teacher_processing_class) -> "TokenizerPairing":
+    def detect(
+        cls, args, model, teacher_model, processing_class, teacher_processing_class, text_only: bool = True
+    ) -> "TokenizerPairing":
         """The pairing the trainer holds for these constructor arguments: [`pair_kind`] on the two tokenizers (each
-        loaded as TRL would, if not given) and head sizes, then the matching strategy object."""
+        loaded as TRL would, if not given) and head sizes, then the matching strategy object. `text_only`: the
+        datasets have no image column (see [`load_processing_class`])."""
         from . import cross_tokenizer  # the alignment layer: loaded by the first trainer built, not by the import
 
         # Tokenizers and configs are read at the revisions TRL loads the weights from (`model_init_kwargs`' and
@@ -100,13 +103,7 @@ class TokenizerPairing:
         model_name = model if isinstance(model, str) else model_id(model)
         student_rev, teacher_rev = model_revision(args, model), teacher_revision(args, teacher_model)
         if processing_class is None:  # as TRL would load it, so that both sides can be compared now
-            processing_class = AutoProcessor.from_pretrained(
-                model_name,
-                revision=student_rev,
-                truncation_side="left",
-                padding_side="left",
-                trust_remote_code=args.trust_remote_code,
-            )
+            processing_class = load_processing_class(model_name, student_rev, args.trust_remote_code, text_only)
         if teacher_model is None:
             return cls(processing_class, None)
         student_tokenizer = (
@@ -159,6 +156,29 @@ class PaddedHeads(TokenizerPairing):
     def attach(self, trainer, own_teacher) -> None:
         super().attach(trainer, own_teacher)
         suppress_ids_above(trainer, self.vocab_size)  # a student head with extra rows: no id the teacher lacks
+
+
+def load_processing_class(name: str, revision: str | None, trust_remote_code: bool, text_only: bool = True):
+    """The student's processing class as TRL loads it (`AutoProcessor`, left padding and truncation).
+
+    A vision-language checkpoint's processor can fail to load where text-only training needs none of it: Qwen3.5's
+    video processor exists only for torchvision (`ImportError`, or a `ValueError` without its config file), and a
+    folder saved with its tokenizer alone has no image processor (`OSError`). For text-only datasets TRL uses only the
+    tokenizer (and then runs the model as a text model), so the tokenizer is loaded instead, with a warning that says
+    why; a dataset with an image column needs the processor, and gets transformers' error.
+    """
+    kwargs = dict(revision=revision, truncation_side="left", padding_side="left", trust_remote_code=trust_remote_code)
+    try:
+        return AutoProcessor.from_pretrained(name, **kwargs)
+    except (ImportError, OSError, ValueError) as error:
+        if not text_only:
+            raise
+        reason = " ".join(str(error).split())  # transformers' messages span several lines
+        logger.warning(
+            f"The processor of `{name}` could not be loaded ({type(error).__name__}: {reason}). The datasets are "
+            "text-only, so its tokenizer is used instead (as `processing_class=AutoTokenizer.from_pretrained(...)`)."
+        )
+        return AutoTokenizer.from_pretrained(name, **kwargs)
 
 
 def _load_tokenizer(

@@ -122,7 +122,10 @@ class ESRDistillTrainer(DistillationTrainer):
         args = _esr_config(args, model)
         validation.check_models(model, teacher_model, processing_class)
         validation.check_dataset(train_dataset, args, num_processes=args.world_size)  # before loading any model
-        self._pairing = TokenizerPairing.detect(args, model, teacher_model, processing_class, teacher_processing_class)
+        text_only = not validation.has_image_column(train_dataset, eval_dataset)
+        self._pairing = TokenizerPairing.detect(
+            args, model, teacher_model, processing_class, teacher_processing_class, text_only
+        )
         validation.check_shared_vocabulary(self._pairing, args.min_shared_vocab_fraction)
         own_teacher = self._pairing.load_teacher(args, teacher_model)  # None: TRL loads it
         with building_vllm_engine(args):  # a CPU engine must keep its weights for TRL's weight sync

@@ -20,6 +20,17 @@ if TYPE_CHECKING:  # imported where used: `ESRConfig` runs the numeric checks, a
 logger = logging.getLogger(__name__)
 
 
+def has_image_column(*datasets) -> bool:
+    """Whether any dataset (a `Dataset`, an `IterableDataset`, a dict of them for evaluation, or `None`) has TRL's
+    `image` or `images` column."""
+    for dataset in datasets:
+        for part in dataset.values() if isinstance(dataset, dict) else [dataset]:
+            columns = getattr(part, "column_names", None) or []
+            if {"image", "images"} & set(columns):
+                return True
+    return False
+
+
 def check_dataset(dataset, args, num_processes: int) -> None:
     """The `prompt` column exists and is well-formed, and the dataset fills at least one generation batch."""
     if dataset is None:
