@@ -35,15 +35,16 @@ def model_paths(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="session")
-def vocabularies():
+def vocabularies(tmp_path_factory):
     """Real tokenizers (tests/real_tokenizers.py), built once: ~15 s, most of it Qwen3.5's 248,044 ranks."""
-    from real_tokenizers import llama3_tokenizer, qwen35_tokenizer, qwen_tokenizer
+    from real_tokenizers import llama3_tokenizer, mistral_tokenizer, qwen35_tokenizer, qwen_tokenizer
 
     return {
         "qwen2.5": qwen_tokenizer("2.5"),
         "qwen3": qwen_tokenizer("3"),
         "qwen3.5": qwen35_tokenizer(),
         "llama3": llama3_tokenizer(),
+        "mistral": mistral_tokenizer(tmp_path_factory.mktemp("mistral")),
     }
 
 

@@ -9,13 +9,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
+from trl_esr.cross_tokenizer import SharedVocabulary
 from trl_esr.loss import DivergenceLoss
 
 
@@ -23,22 +23,35 @@ B, K, H, V = 3, 5, 8, 12
 MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
 # The cross-tokenizer case: student rows 0..8 paired with teacher rows in another order (one-to-one)
 STUDENT_IDS, TEACHER_IDS = torch.arange(9), torch.tensor([3, 0, 1, 2, 8, 4, 11, 6, 5])
+# The first position of a dummy-prefix pair has a vocabulary of its own (fewer rows, another order)
+FIRST_STUDENT_IDS, FIRST_TEACHER_IDS = torch.tensor([1, 4, 7, 10, 11]), torch.tensor([9, 2, 7, 0, 5])
 CASES = {
     "sequence": dict(normalization="sequence"),
     "token": dict(normalization="token"),  # TRL's kernel gathers the DTensor heads itself
     "sequence_padded": dict(normalization="sequence", vocab_size=10),
-    "token_shared": dict(
-        normalization="token", shared=SimpleNamespace(student_ids=STUDENT_IDS, teacher_ids=TEACHER_IDS)
+    "token_shared": dict(normalization="token", shared=SharedVocabulary(STUDENT_IDS, TEACHER_IDS, fraction=1.0)),
+    "sequence_shared_first": dict(
+        normalization="sequence",
+        shared=SharedVocabulary(STUDENT_IDS, TEACHER_IDS, 1.0, FIRST_STUDENT_IDS, FIRST_TEACHER_IDS),
     ),
 }
 
 
-def reverse_kl_by_hand(student_h, teacher_h, student_w, teacher_w, student_rows, teacher_rows, normalization):
-    """KL(p_s || p_t) per trained position from the heads' rows, then the reduction, in float64."""
+def _kl(student_h, teacher_h, student_w, teacher_w, student_rows, teacher_rows):
     student_logits = student_h.double() @ student_w.double()[student_rows].T
     teacher_logits = teacher_h.double() @ teacher_w.double()[teacher_rows].T
     log_p, log_q = student_logits.log_softmax(-1), teacher_logits.log_softmax(-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1) * MASK  # (B, K)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def reverse_kl_by_hand(student_h, teacher_h, student_w, teacher_w, rows, normalization):
+    """KL(p_s || p_t) per trained position from the heads' rows (the first position's own, if given), then the
+    reduction, in float64."""
+    kl = _kl(student_h, teacher_h, student_w, teacher_w, rows["student"], rows["teacher"])  # (B, K)
+    if "first" in rows:
+        first = _kl(student_h[:, :1], teacher_h[:, :1], student_w, teacher_w, *rows["first"])
+        kl = torch.cat([first, kl[:, 1:]], dim=1)
+    kl = kl * MASK
     if normalization == "token":
         return kl.sum() / MASK.sum()
     per_rollout = kl.sum(-1) / MASK.sum(-1)
@@ -68,10 +81,11 @@ def main(out_dir: str) -> None:
             rows = {"student": slice(options["vocab_size"]), "teacher": slice(options["vocab_size"])}
         if "shared" in options:
             rows = {"student": STUDENT_IDS, "teacher": TEACHER_IDS}
+            if options["shared"].first_student_ids is not None:
+                rows["first"] = (FIRST_STUDENT_IDS, FIRST_TEACHER_IDS)
         full_w = student_w.double().requires_grad_()
         full_h = student_h.double().requires_grad_()
-        reference = reverse_kl_by_hand(full_h, teacher_h, full_w, teacher_w, rows["student"], rows["teacher"],
-                                       options["normalization"])  # fmt: skip
+        reference = reverse_kl_by_hand(full_h, teacher_h, full_w, teacher_w, rows, options["normalization"])
         reference.backward()
         grad = sharded["student"].grad
         results["cases"][name] = {

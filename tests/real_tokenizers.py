@@ -8,6 +8,12 @@
   from Qwen2.5's from rank 280 on), with Qwen3.5's pre-tokenizer regex (letters and combining marks together) and its
   33 added tokens from id 248,044. Built the same way, NFC-normalised as transformers' `Qwen3_5Tokenizer` is.
 
+- `mistral-common==1.13.1` ships SentencePiece models; `mistral_instruct_tokenizer_240216.model.v2` is the
+  `tokenizer.model.v3` of Mistral-7B-(Instruct-)v0.3 (the same SHA-256): 32,768 pieces, byte fallback, 771 control
+  tokens (`[INST]`, `[/INST]`, ...). transformers converts it (`LlamaTokenizer`, which needs `sentencepiece` and
+  `protobuf`) as it does the Hub's `tokenizer.model`. The only real SentencePiece vocabulary here: the kind Gemma 2/3,
+  Llama 2 and Mistral use (pieces with `▁` for spaces, `<0xNN>` bytes, a decoder that strips the first space).
+
 Each data file is checked against its SHA-256 so that a changed upload fails loudly instead of silently testing
 another vocabulary. The chat templates are minimal versions of the real ones (enough to render prompts).
 """
@@ -42,6 +48,8 @@ QWEN35_HEAD_ROWS = 248_320  # Qwen3.5's `vocab_size` (transformers' `Qwen3_5Text
 # pads (special). Only `<|im_end|>` (EOS) and `<|endoftext|>` (pad) take part in a rollout.
 QWEN35_NOT_SPECIAL = {name for name, special in QWEN25_ADDED + QWEN3_ADDED if not special}
 
+MISTRAL_SHA256 = "37f00374dea48658ee8f5d0f21895b9bc55cb0103939607c8185bfd1c6ca1f89"
+
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
@@ -51,6 +59,10 @@ LLAMA3_CHAT_TEMPLATE = (
     "<|begin_of_text|>{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
     "{{ message['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+MISTRAL_CHAT_TEMPLATE = (  # Mistral's v3 template, without system prompt or tools
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST] {{ message['content'] }}"
+    " [/INST]{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
 LLAMA3_STOP_IDS = [128001, 128008, 128009]  # Llama-3-Instruct's generation_config.eos_token_id
 
@@ -143,3 +155,28 @@ def qwen35_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     assert len(tokenizer) == 248_044 + len(QWEN3_5_SPECIAL_TOKENS)
     return tokenizer
+
+
+def mistral_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    """Mistral-7B-v0.3's tokenizer (32,768 pieces; BOS `<s>`, EOS `</s>`; no pad token, so `<unk>` pads), converted
+    from the SentencePiece model in `folder` (a scratch folder: the model file is copied there, as `tokenizer.model`).
+    """
+    from transformers import LlamaTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(mistral_model_data())
+    tokenizer = LlamaTokenizer.from_pretrained(
+        str(folder), legacy=False, add_bos_token=True, pad_token="<unk>", padding_side="left"
+    )
+    tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
+    assert len(tokenizer) == 32_768 and tokenizer.convert_tokens_to_ids("[INST]") == 3
+    return tokenizer
+
+
+def mistral_model_data() -> bytes:
+    """The bytes of Mistral-7B-v0.3's SentencePiece model, checked."""
+    from importlib.util import find_spec
+
+    # found without importing mistral_common (pydantic models, ~1 s): only its data file is needed
+    source = Path(find_spec("mistral_common").submodule_search_locations[0]) / "data"
+    return _checked(source / "mistral_instruct_tokenizer_240216.model.v2", MISTRAL_SHA256)

@@ -2,7 +2,8 @@
 `lm_head` weights as a `DTensor` (`Shard(0)`), as FSDP2 leaves them. `DivergenceLoss` must give, on every rank, the
 loss and gradients of a float64 reverse KL written from its definition on the full heads: for the paper's
 per-rollout reduction (our `_full_tensor` gathers the heads), TRL's token reduction (TRL's kernel gathers them),
-a padded pair (the first rows of both heads) and a cross-tokenizer pair (rows picked by id, in another order). The
+a padded pair (the first rows of both heads) and a cross-tokenizer pair (rows picked by id, in another order), with and
+without a first-position vocabulary of its own (a dummy-prefix SentencePiece pair). The
 teacher's head is frozen, as in training (with a trainable teacher head, the backward of TRL's kernel hands the
 gather a plain gradient, which torch 2.13's DTensor redistribution rejects; distillation never trains the teacher).
 
@@ -29,7 +30,7 @@ def test_sharded_heads_give_the_full_heads_loss_and_gradients(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
-    assert set(ranks[0]["cases"]) == {"sequence", "token", "sequence_padded", "token_shared"}
+    assert set(ranks[0]["cases"]) == {"sequence", "token", "sequence_padded", "token_shared", "sequence_shared_first"}
     for rank in ranks:
         for name, case in rank["cases"].items():
             assert case["is_dtensor"] and case["local_rows"] == 6, name  # 12 rows, half on each rank

@@ -1,5 +1,6 @@
-"""The cross-tokenizer code on real vocabularies (Llama-3, Qwen2.5, Qwen3, Qwen3.5), built offline from pinned packages
-(the `vocabularies` fixture, in conftest.py; Qwen3.5's own tests are in test_qwen35.py).
+"""The cross-tokenizer code on real vocabularies (Llama-3, Qwen2.5, Qwen3, Qwen3.5, Mistral), built offline from pinned
+packages (the `vocabularies` fixture, in conftest.py; Qwen3.5's and Mistral's own tests are in test_qwen35.py and
+test_sentencepiece.py).
 
 Every alignment check here is independent of the code under test: it decodes token prefixes with the tokenizers' own
 decoders and compares the texts (the teacher's NFC-normalised for Qwen, whose normaliser is NFC).
@@ -24,8 +25,11 @@ def _rollouts(tokenizer, text: str) -> dict[str, list[int]]:
     """The student's own tokenization, and a non-canonical one a sampler can produce: single-byte tokens (every
     multi-byte character split into partial-character tokens)."""
     canonical = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]  # as written
-    alphabet = bytes_to_unicode()
-    single = tokenizer.convert_tokens_to_ids([alphabet[b] for b in text.encode()])
+    if tokenizer.convert_tokens_to_ids("<0x41>") != tokenizer.unk_token_id:  # SentencePiece: byte pieces
+        single = tokenizer.convert_tokens_to_ids([f"<0x{b:02X}>" for b in text.encode()])
+    else:  # byte-level BPE: one character per byte
+        alphabet = bytes_to_unicode()
+        single = tokenizer.convert_tokens_to_ids([alphabet[b] for b in text.encode()])
     return {"canonical": canonical, "bytes": single}
 
 
@@ -35,8 +39,9 @@ def _decode(tokenizer, ids) -> str:
 
 @pytest.mark.parametrize(
     "student_name, teacher_name",
-    [("llama3", "qwen3"), ("qwen2.5", "llama3"), ("qwen3", "qwen3.5"), ("qwen3.5", "llama3")],
-)
+    [("llama3", "qwen3"), ("qwen2.5", "llama3"), ("qwen3", "qwen3.5"), ("qwen3.5", "llama3"), ("mistral", "qwen3"),
+     ("llama3", "mistral")],
+)  # fmt: skip
 def test_every_aligned_pair_has_the_same_text_prefix(vocabularies, student_name, teacher_name):
     student, teacher = vocabularies[student_name], vocabularies[teacher_name]
     nfc = teacher_name.startswith("qwen")  # Qwen's normaliser is NFC; Llama-3 has none

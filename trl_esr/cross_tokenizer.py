@@ -131,6 +131,22 @@ def _text_keys(tokenizer: PreTrainedTokenizerBase, table: list[bytes] | None) ->
     return [data if data and token_id not in added else None for token_id, data in enumerate(table)]
 
 
+def leading_strip(tokenizer: PreTrainedTokenizerBase, table: list[bytes]) -> bytes:
+    """The space the tokenizer's decoder drops at the start of a text (b" "), or b"" if it drops none.
+
+    SentencePiece tokenizers with a dummy prefix (Llama 2, Mistral, Phi-3: a `Strip` or `Metaspace` decoder) mark
+    each word start with `▁`, and a response's first token is such a word start (`▁The`), but its text is `The`: the
+    decoder removes the first space of every decoded text. Measured, not read from the decoder's type: decoding a
+    space-led token alone gives its bytes less one space exactly when this happens.
+    """
+    added = set(tokenizer.added_tokens_decoder)
+    for token_id, data in enumerate(table):
+        if len(data) > 1 and data.startswith(b" ") and not data[1:].startswith(b" ") and token_id not in added:
+            alone = tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            return b" " if alone.encode() == data[1:] else b""
+    return b""
+
+
 @dataclass
 class SharedVocabulary:
     """Index tensors of the tokens both tokenizers share: `student_ids[i]` and `teacher_ids[i]` add the same bytes.
@@ -139,11 +155,19 @@ class SharedVocabulary:
     order: added tokens by name (`<|endoftext|>` with `<|endoftext|>`: identical models then give a KL of 0 whatever
     each side calls its EOS), the student's EOS with the teacher's EOS when neither is paired yet (end of response maps
     to end of response across families), then tokens by appended bytes (the teacher's first id for them).
+
+    A tokenizer whose decoder drops a text's first space ([`leading_strip`]: SentencePiece's dummy prefix) spells a
+    word differently at the first response position: a Mistral student's `▁The` there is "The", a byte-level teacher's
+    `The`, not its ` The`; a Mistral teacher reads "The" as its `▁The`. `first_student_ids` / `first_teacher_ids` are
+    the pairing for that position when either side strips (`None` otherwise): space-led tokens by their bytes less the
+    space (a stripping student's other tokens, text glued to the prompt, unpaired there).
     """
 
     student_ids: torch.Tensor  # (M,)
     teacher_ids: torch.Tensor  # (M,)
     fraction: float  # M / student vocabulary size
+    first_student_ids: torch.Tensor | None = None  # (M0,)
+    first_teacher_ids: torch.Tensor | None = None  # (M0,)
 
     @classmethod
     def build(
@@ -152,30 +176,75 @@ class SharedVocabulary:
         teacher: PreTrainedTokenizerBase,
         student_table: list[bytes] | None = None,
     ) -> "SharedVocabulary":
-        pairs, used = {}, set()
-
-        def pair(student_id, teacher_id):
-            unpaired = student_id not in pairs and teacher_id not in used
-            if student_id is not None and teacher_id is not None and unpaired:
-                pairs[student_id] = teacher_id
-                used.add(teacher_id)
-
-        teacher_vocab = teacher.get_vocab()
-        for student_id, token in sorted(student.added_tokens_decoder.items()):
-            pair(student_id, teacher_vocab.get(token.content))
-        pair(student.eos_token_id, teacher.eos_token_id)
-        teacher_by_key = {}
-        for teacher_id, key in enumerate(_text_keys(teacher, None)):
-            if key is not None:
-                teacher_by_key.setdefault(key, teacher_id)
-        for student_id, key in enumerate(_text_keys(student, student_table)):
-            pair(student_id, teacher_by_key.get(key))
-        student_ids = torch.tensor(sorted(pairs))
-        teacher_ids = torch.tensor([pairs[i] for i in student_ids.tolist()])
-        return cls(student_ids, teacher_ids, len(pairs) / len(student))
+        student_table = token_bytes(student) if student_table is None else student_table
+        teacher_table = token_bytes(teacher)
+        teacher_keys = _text_keys(teacher, teacher_table)
+        teacher_by_key = _first_id_by_key(teacher, teacher_keys)
+        student_ids, teacher_ids = _pair(student, teacher, _text_keys(student, student_table), teacher_by_key)
+        first_student_ids = first_teacher_ids = None
+        student_strip, teacher_strip = leading_strip(student, student_table), leading_strip(teacher, teacher_table)
+        if student_strip or teacher_strip:
+            # What each side writes as the response's first token: a stripping side's `▁The` is "The" (ahead of a
+            # teacher's own piece `The`, which it does not write there); a teacher id keeps one key.
+            first_student = _lstrip(student_table, student_strip) if student_strip else student_table
+            first_teacher = _first_id_by_key(teacher, _text_keys(teacher, _lstrip(teacher_table, teacher_strip)))
+            taken = set(first_teacher.values())
+            for key, teacher_id in teacher_by_key.items():
+                if teacher_id not in taken:
+                    first_teacher.setdefault(key, teacher_id)
+            first_student_ids, first_teacher_ids = _pair(
+                student, teacher, _text_keys(student, first_student), first_teacher
+            )
+        fraction = len(student_ids) / len(student)
+        return cls(student_ids, teacher_ids, fraction, first_student_ids, first_teacher_ids)
 
     def to(self, device) -> "SharedVocabulary":
-        return SharedVocabulary(self.student_ids.to(device), self.teacher_ids.to(device), self.fraction)
+        first = (self.first_student_ids, self.first_teacher_ids)
+        first = [ids.to(device) if ids is not None else None for ids in first]
+        return SharedVocabulary(self.student_ids.to(device), self.teacher_ids.to(device), self.fraction, *first)
+
+
+def _first_id_by_key(tokenizer, keys: list[bytes | None]) -> dict[bytes, int]:
+    """Each key's first id, byte-fallback pieces last ([`_byte_fallback_last`])."""
+    by_key = {}
+    for token_id in _byte_fallback_last(tokenizer):
+        if keys[token_id] is not None:
+            by_key.setdefault(keys[token_id], token_id)
+    return by_key
+
+
+def _lstrip(table: list[bytes], strip: bytes) -> list[bytes]:
+    """The table's space-led entries less `strip`; the others empty (not keys). `strip` empty: nothing (no keys)."""
+    return [data[len(strip) :] if strip and data.startswith(strip) else b"" for data in table]
+
+
+def _pair(student, teacher, student_keys: list[bytes | None], teacher_by_key: dict) -> tuple[torch.Tensor, ...]:
+    """One-to-one (student id, teacher id) pairs in [`SharedVocabulary`]'s order, as two aligned index tensors."""
+    pairs, used = {}, set()
+
+    def pair(student_id, teacher_id):
+        unpaired = student_id not in pairs and teacher_id not in used
+        if student_id is not None and teacher_id is not None and unpaired:
+            pairs[student_id] = teacher_id
+            used.add(teacher_id)
+
+    teacher_vocab = teacher.get_vocab()
+    for student_id, token in sorted(student.added_tokens_decoder.items()):
+        pair(student_id, teacher_vocab.get(token.content))
+    pair(student.eos_token_id, teacher.eos_token_id)
+    for student_id in _byte_fallback_last(student):
+        pair(student_id, teacher_by_key.get(student_keys[student_id]))
+    student_ids = torch.tensor(sorted(pairs))
+    return student_ids, torch.tensor([pairs[i] for i in student_ids.tolist()])
+
+
+def _byte_fallback_last(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id, byte-fallback pieces (`<0x33>`) after the others: SentencePiece vocabularies hold both `<0x33>` and
+    the piece `3`, which add the same byte, and a model writes the piece. Paired in id order, the low-id byte piece
+    would take the other side's `3` and leave the digit a model actually samples outside the KL."""
+    pieces = tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
+    fallback = [_BYTE_FALLBACK.fullmatch(piece or "") is not None for piece in pieces]
+    return sorted(range(len(pieces)), key=fallback.__getitem__)  # stable: id order within each group
 
 
 def _text_and_char_offsets(data: bytes) -> tuple[str, torch.Tensor]:
@@ -248,6 +317,7 @@ class Aligner:
     def __init__(self, student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, student_table=None):
         self.teacher = teacher
         self.student_table = token_bytes(student) if student_table is None else student_table
+        self.strip = leading_strip(student, self.student_table)  # the text is what the student's decoder writes
         forms = [form for form in _component_types(teacher, "normalizer") if form in _NORMAL_FORMS]
         self.normal_form = forms[0] if forms else None
 
@@ -258,8 +328,10 @@ class Aligner:
         known = len(self.student_table)
         end = next((t for t, token in enumerate(response) if token in stop_ids or token >= known), len(response))
         pieces = [self.student_table[i] for i in response[:end]]
-        text, char_at = _text_and_char_offsets(b"".join(pieces))
-        byte_offsets = list(accumulate((len(piece) for piece in pieces), initial=0))  # (end + 1,)
+        data = b"".join(pieces)
+        stripped = len(self.strip) if self.strip and data.startswith(self.strip) else 0  # `▁The` at the start: "The"
+        text, char_at = _text_and_char_offsets(data[stripped:])
+        byte_offsets = [max(0, offset - stripped) for offset in accumulate((len(p) for p in pieces), initial=0)]
         positions = min(end + 1, len(response))  # the positions whose prefix is text
         boundaries = char_at[byte_offsets[:positions]].tolist() + [-1] * (len(response) - positions)
         if self.normal_form is not None:

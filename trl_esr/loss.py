@@ -38,8 +38,11 @@ class DivergenceLoss:
         self._reduce = {"token": self._token_mean, "sequence": self._sequence_mean}[normalization]
         self.loss_temperature = loss_temperature
         self.student_rows = self.teacher_rows = slice(vocab_size) if vocab_size is not None else None
+        self.first_rows = None  # the rows of the first completion position, where they differ (see `shared`)
         if shared is not None:
             self.student_rows, self.teacher_rows = shared.student_ids, shared.teacher_ids
+            if shared.first_student_ids is not None:
+                self.first_rows = (shared.first_student_ids, shared.first_teacher_ids)
         # Indexing rows by id needs a plain tensor, and the sequence reduction calls the kernel once per group: both
         # gather a sharded (FSDP2) head once per call here rather than inside the kernel. TRL's kernel gathers it
         # itself otherwise.
@@ -63,38 +66,40 @@ class DivergenceLoss:
         temperature: float = 1.0,  # ignored, see the class docstring
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The loss, the sum of the student's per-token entropy and the number of trained positions, as TRL's."""
-        student_weight, student_bias = self._restrict_head(
-            student_lm_head_weight, student_lm_head_bias, self.student_rows, student_hidden_states.dtype
-        )
-        teacher_weight, teacher_bias = self._restrict_head(
-            teacher_lm_head_weight, teacher_lm_head_bias, self.teacher_rows, teacher_hidden_states.dtype
-        )
-        # TRL's kernel with everything but the rollouts and the normaliser fixed: d[b, t] of the module docstring,
-        # summed over the given rollouts' trained positions and divided by `num_items_in_batch`.
-        kernel = partial(
-            chunked_divergence_loss,
-            student_lm_head_weight=student_weight,
-            teacher_lm_head_weight=teacher_weight,
+        student_head = self._gathered(student_lm_head_weight, student_lm_head_bias, student_hidden_states.dtype)
+        teacher_head = self._gathered(teacher_lm_head_weight, teacher_lm_head_bias, teacher_hidden_states.dtype)
+        scales = dict(
             beta=beta,
-            student_lm_head_bias=student_bias,
-            teacher_lm_head_bias=teacher_bias,
             student_logit_scale=student_logit_scale,
             teacher_logit_scale=teacher_logit_scale,
             student_final_logit_softcapping=student_final_logit_softcapping,
             teacher_final_logit_softcapping=teacher_final_logit_softcapping,
             temperature=self.loss_temperature,
         )
+        kernel = self._kernel(student_head, teacher_head, self.student_rows, self.teacher_rows, scales)
+        if self.first_rows is not None:
+            first = self._kernel(student_head, teacher_head, *self.first_rows, scales)
+            kernel = partial(_first_position_apart, kernel, first)
         return self._reduce(kernel, student_hidden_states, teacher_hidden_states, completion_mask, num_items_in_batch)
 
-    def _restrict_head(self, weight: torch.Tensor, bias: torch.Tensor | None, rows, dtype: torch.dtype):
-        """One model's `lm_head` weight (V, H) and bias (V,), gathered if sharded and restricted to `rows`."""
-        if self.gather_heads:
-            weight, bias = _full_tensor(weight, bias, dtype)
-        if rows is None:
-            return weight, bias
-        if isinstance(rows, torch.Tensor):  # ids: a copy that passes gradients back to the rows it took
-            rows = rows.to(weight.device)
-        return weight[rows], (bias[rows] if bias is not None else None)
+    def _kernel(self, student_head, teacher_head, student_rows, teacher_rows, scales: dict):
+        """TRL's kernel with everything but the rollouts and the normaliser fixed: d[b, t] of the module docstring,
+        summed over the given rollouts' trained positions and divided by `num_items_in_batch`."""
+        student_weight, student_bias = _rows(*student_head, student_rows)
+        teacher_weight, teacher_bias = _rows(*teacher_head, teacher_rows)
+        return partial(
+            chunked_divergence_loss,
+            student_lm_head_weight=student_weight,
+            teacher_lm_head_weight=teacher_weight,
+            student_lm_head_bias=student_bias,
+            teacher_lm_head_bias=teacher_bias,
+            **scales,
+        )
+
+    def _gathered(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        """One model's `lm_head` weight (V, H) and bias (V,), gathered once per call if sharded (the first position's
+        rows and the others' are then taken from the same gathered copy)."""
+        return _full_tensor(weight, bias, dtype) if self.gather_heads else (weight, bias)
 
     @staticmethod
     def _token_mean(kernel, student_hidden_states, teacher_hidden_states, completion_mask, num_items_in_batch):
@@ -126,6 +131,32 @@ class DivergenceLoss:
             )
             loss, entropy_sum, num_valid = loss + group_loss, entropy_sum + group_entropy, num_valid + group_valid
         return loss, entropy_sum, num_valid
+
+
+def _first_position_apart(kernel, first, student_hidden_states, teacher_hidden_states, completion_mask,
+                          num_items_in_batch):  # fmt: skip
+    """`kernel` on every trained position but the first, `first` (its own rows) on the first: the same sums, each part
+    divided by the normaliser of the whole (without one, the whole's trained positions, as TRL's mean would be)."""
+    if num_items_in_batch is None:
+        num_items_in_batch = (completion_mask != 0).sum().clamp(min=1)
+    rest = completion_mask.clone()
+    rest[:, 0] = 0
+    parts = (
+        kernel(student_hidden_states=student_hidden_states, teacher_hidden_states=teacher_hidden_states,
+               completion_mask=rest, num_items_in_batch=num_items_in_batch),
+        first(student_hidden_states=student_hidden_states[:, :1], teacher_hidden_states=teacher_hidden_states[:, :1],
+              completion_mask=completion_mask[:, :1], num_items_in_batch=num_items_in_batch),
+    )  # fmt: skip
+    return tuple(a + b for a, b in zip(*parts, strict=True))
+
+
+def _rows(weight: torch.Tensor, bias: torch.Tensor | None, rows):
+    """A head's weight and bias restricted to `rows` (None: all of them)."""
+    if rows is None:
+        return weight, bias
+    if isinstance(rows, torch.Tensor):  # ids: a copy that passes gradients back to the rows it took
+        rows = rows.to(weight.device)
+    return weight[rows], (bias[rows] if bias is not None else None)
 
 
 def _full_tensor(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
