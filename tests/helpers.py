@@ -81,3 +81,61 @@ class LearningRateJump(TrainerCallback):
         if state.global_step + 1 >= self.step:
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
+
+
+QUESTIONS = ["What is 2 + 3?", "Name a cat.", "Is it on?", "Where is the mat, and who sat on it?"]
+
+
+def cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed: set[int], k: int, make_args, tmp_path):
+    """One ESR step (k tokens, learning rate 0) of tiny Llama-style models with two real vocabularies, the student
+    sampling only `allowed` ids, four one-question prompts. Returns the loss our code computed and, per rollout, each
+    model's logits from its own forward on its own tokens: the student on its prompt and rollout, the teacher on its
+    own chat-template rendering of the question and the response text (as the student's tokenizer decodes it),
+    tokenized by the teacher. `(completion ids, student logits (k, V_s), teacher logits (T, V_t))` per rollout."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from trl_esr import ESRDistillTrainer
+    from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
+
+    paths = {}
+    models = [("student", student_tokenizer, 16, 0), ("teacher", teacher_tokenizer, 24, 1)]
+    for name, tokenizer, hidden, seed in models:
+        model = build_tiny_causal_lm(tokenizer, "llama", hidden_size=hidden, seed=seed)
+        with torch.no_grad():  # peaked distributions: near-uniform ones weigh every logit alike, aligned or not
+            model.lm_head.weight.mul_(30)
+        paths[name] = save_pretrained(model, tokenizer, tmp_path / name)
+    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in QUESTIONS]})
+    suppressed = [i for i in range(len(student_tokenizer)) if i not in allowed]
+    args = make_args(max_steps=1, esr_k=k, learning_rate=0.0, per_device_train_batch_size=4, esr_diagnostics_steps=0,
+                     generation_kwargs={"suppress_tokens": suppressed})  # fmt: skip
+    trainer = ESRDistillTrainer(
+        model=paths["student"], teacher_model=paths["teacher"], args=args, train_dataset=prompts,
+        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
+    )  # fmt: skip
+    assert trainer._pairing.mode == "aligned"
+    spy, batches = DivergenceSpy(trainer), record_batches(trainer)
+    trainer.train()
+    assert trainer.state.log_history[0]["esr/aligned_fraction"] == 1.0
+    student_lm = AutoModelForCausalLM.from_pretrained(paths["student"]).eval()
+    teacher_lm = AutoModelForCausalLM.from_pretrained(paths["teacher"]).eval()
+    rollouts = []
+    for batch in batches:
+        for prompt, mask, completion in zip(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                            strict=True):  # fmt: skip
+            prompt, completion = prompt[mask.bool()].tolist(), completion.tolist()
+            assert len(completion) == k and set(completion) <= allowed
+            (question,) = [q for q in QUESTIONS if q in student_tokenizer.decode(prompt)]
+            rendered = teacher_tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+            )  # a teacher with another tokenizer reads its own rendering of the prompt
+            teacher_prompt = teacher_tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            response = student_tokenizer.decode(completion)
+            teacher_response = teacher_tokenizer(response, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                student_logits = student_lm(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+                teacher_logits = teacher_lm(torch.tensor([teacher_prompt + teacher_response])).logits[
+                    0, len(teacher_prompt) - 1 : -1]  # fmt: skip
+            rollouts.append((completion, student_logits.float(), teacher_logits.float()))
+    (call,) = spy.calls
+    return call["loss"].item(), rollouts

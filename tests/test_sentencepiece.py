@@ -14,14 +14,11 @@ checked below against a computation that does not use the code under test:
 import pytest
 import sentencepiece
 import torch
-from helpers import DivergenceSpy, record_batches
+from helpers import cross_tokenizer_step
 from real_tokenizers import TEXTS, mistral_model_data
-from transformers import AutoModelForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from trl_esr import ESRDistillTrainer
 from trl_esr.cross_tokenizer import SharedVocabulary
-from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 
 
 WORDS = ["▁The", "▁the", "▁cat", "▁sat", "▁on", "▁mat"]  # one piece each; Qwen has "The", " The", " cat", ...
@@ -136,62 +133,22 @@ def test_a_mistral_student_with_a_qwen3_teacher_gives_the_kl_computed_by_hand(vo
     """Mistral student <- Qwen3 teacher, rollouts of k whole-word pieces starting with a space-led one: the loss is
     the mean over rollouts of the mean over k positions of KL(student || teacher) on the tokens both spell alike, the
     first position with the student's pieces read as its decoder writes them there. Computed from each model's own
-    forward: the student on its prompt and rollout, the teacher on its own rendering of the prompt and the response
-    text (as the student's tokenizer decodes it) tokenized by the teacher."""
-    from datasets import Dataset
-
+    forward on its own tokens (`helpers.cross_tokenizer_step`)."""
     student_tokenizer, teacher_tokenizer, k = vocabularies["mistral"], vocabularies["qwen3"], 5
-    student_model = build_tiny_causal_lm(student_tokenizer, "llama", hidden_size=32, seed=0)
-    teacher_model = build_tiny_causal_lm(teacher_tokenizer, "qwen2", hidden_size=48, seed=1)
-    with torch.no_grad():  # peaked distributions: near-uniform ones weigh every logit alike, aligned or not
-        student_model.lm_head.weight.mul_(30)
-        teacher_model.lm_head.weight.mul_(30)
-    student = save_pretrained(student_model, student_tokenizer, tmp_path / "student")
-    teacher = save_pretrained(teacher_model, teacher_tokenizer, tmp_path / "teacher")
     allowed = {student_tokenizer.convert_tokens_to_ids(word) for word in WORDS}
-    questions = ["What is 2 + 3?", "Name a cat.", "Is it on?", "Where is the mat, and who sat on it?"]
-    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in questions]})
-    args = make_args(max_steps=1, esr_k=k, learning_rate=0.0, per_device_train_batch_size=4, esr_diagnostics_steps=0,
-                     generation_kwargs={"suppress_tokens": [i for i in range(len(student_tokenizer))
-                                                            if i not in allowed]})  # fmt: skip
-    trainer = ESRDistillTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=prompts,
-        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
-    )  # fmt: skip
-    assert trainer._pairing.mode == "aligned"
-    spy, batches = DivergenceSpy(trainer), record_batches(trainer)
-    trainer.train()
-    assert trainer.state.log_history[0]["esr/aligned_fraction"] == 1.0
-
+    loss, rollouts = cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed, k, make_args, tmp_path)
     pairs = _string_pairs(student_tokenizer, teacher_tokenizer, first=False)
     first_pairs = _string_pairs(student_tokenizer, teacher_tokenizer, first=True)
-    student_lm = AutoModelForCausalLM.from_pretrained(student).eval()
-    teacher_lm = AutoModelForCausalLM.from_pretrained(teacher).eval()
     per_rollout = []
-    for batch in batches:
-        for prompt, mask, completion in zip(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                            strict=True):  # fmt: skip
-            prompt, completion = prompt[mask.bool()].tolist(), completion.tolist()
-            assert len(completion) == k and student_tokenizer.convert_ids_to_tokens(completion[0]).startswith("▁")
-            response = student_tokenizer.decode(completion)
-            assert not response.startswith(" ")  # the decoder's text: "The cat sat", not " The cat sat"
-            (question,) = [q for q in questions if q in student_tokenizer.decode(prompt)]
-            rendered = teacher_tokenizer.apply_chat_template(
-                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-            )  # a teacher with another tokenizer reads its own rendering of the prompt
-            teacher_prompt = teacher_tokenizer(rendered, add_special_tokens=False)["input_ids"]
-            teacher_response = teacher_tokenizer(response, add_special_tokens=False)["input_ids"]
-            assert len(teacher_response) == k  # whole words: one teacher token per student piece
-            with torch.no_grad():
-                student_logits = student_lm(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
-                teacher_logits = teacher_lm(torch.tensor([teacher_prompt + teacher_response])).logits[
-                    0, len(teacher_prompt) - 1 : -1]  # fmt: skip
-            kl = []
-            for t in range(k):
-                student_ids, teacher_ids = first_pairs if t == 0 else pairs
-                log_p = torch.log_softmax(student_logits[t, student_ids].float(), dim=-1)
-                log_q = torch.log_softmax(teacher_logits[t, teacher_ids].float(), dim=-1)
-                kl.append((log_p.exp() * (log_p - log_q)).sum())
-            per_rollout.append(torch.stack(kl).mean())
-    (call,) = spy.calls
-    assert call["loss"].item() == pytest.approx(torch.stack(per_rollout).mean().item(), rel=1e-4)
+    for completion, student_logits, teacher_logits in rollouts:
+        assert student_tokenizer.convert_ids_to_tokens(completion[0]).startswith("▁")
+        assert not student_tokenizer.decode(completion).startswith(" ")  # "The cat sat", not " The cat sat"
+        assert len(teacher_logits) == k  # whole words: one teacher token per student piece
+        kl = []
+        for t in range(k):
+            student_ids, teacher_ids = first_pairs if t == 0 else pairs
+            log_p = torch.log_softmax(student_logits[t, student_ids], dim=-1)
+            log_q = torch.log_softmax(teacher_logits[t, teacher_ids], dim=-1)
+            kl.append((log_p.exp() * (log_p - log_q)).sum())
+        per_rollout.append(torch.stack(kl).mean())
+    assert loss == pytest.approx(torch.stack(per_rollout).mean().item(), rel=1e-4)

@@ -94,7 +94,8 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
     Byte-level BPE: the token's characters map back to bytes (GPT-2's byte alphabet), so partial characters are exact.
     Other tokenizers: the text an id adds after an anchor token (SentencePiece decoders drop a leading space on the
     first token, so decoding an id alone is not enough), without clean-up of spaces; byte-fallback pieces `<0xE2>` are
-    their byte. Added tokens (specials included) append their content.
+    their byte. Special tokens append their content; other added tokens what the decoder writes for them (Gemma's
+    newline and whitespace runs are added tokens: `▁▁▁▁` writes four spaces).
     """
     added = {i: token.content for i, token in tokenizer.added_tokens_decoder.items()}
     if "ByteLevel" in _component_types(tokenizer, "decoder"):
@@ -111,9 +112,10 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
     )
     pieces = tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
     table = []
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
     for i, (text, piece) in enumerate(zip(decoded, pieces, strict=True)):
         fallback = _BYTE_FALLBACK.fullmatch(piece or "")
-        if i in added:
+        if i in special or (i in added and not text.startswith(prefix)):
             table.append(added[i].encode())
         elif fallback:
             table.append(bytes([int(fallback.group(1), 16)]))
@@ -123,12 +125,14 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
 
 
 def _text_keys(tokenizer: PreTrainedTokenizerBase, table: list[bytes] | None) -> list[bytes | None]:
-    """What each id appends as a pairing key: its bytes, or None for added tokens (paired by name) and ids that add
+    """What each id appends as a pairing key: its bytes, or None for special tokens (paired by name) and ids that add
     nothing. Bytes, not text: a partial character (`'ðŁ'`, the first two bytes of 🎉) is paired with the teacher's
-    token that adds the same two bytes, or a byte-fallback piece `<0xF0>` with a byte-level `'ð'`."""
+    token that adds the same two bytes, or a byte-fallback piece `<0xF0>` with a byte-level `'ð'`. Added tokens that
+    are not special are text a model writes (Gemma's `\n`, Qwen3's `<think>`): keyed by their bytes too, after the
+    pairing by name."""
     table = token_bytes(tokenizer) if table is None else table
-    added = set(tokenizer.added_tokens_decoder)
-    return [data if data and token_id not in added else None for token_id, data in enumerate(table)]
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return [data if data and token_id not in special else None for token_id, data in enumerate(table)]
 
 
 def leading_strip(tokenizer: PreTrainedTokenizerBase, table: list[bytes]) -> bytes:

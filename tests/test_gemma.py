@@ -1,0 +1,114 @@
+"""Gemma 2's and Gemma 3's real vocabularies through the aligned path: the paper's cross-family pair is a Gemma-2-2B
+student <- Gemma-3-4B teacher, whose vocabularies differ (256,000 vs 262,144 pieces; `\\n` is id 108 in one, 107 in the
+other). Both are SentencePiece BPE without a dummy prefix, and their newlines (`\\n` ... `\\n` x 31), whitespace runs
+(`▁▁` ... `▁` x 31), tabs and `<unusedN>` are added tokens that are not special. The bug that hid there: added tokens
+were all keyed by name and appended their content, so a Gemma student's `▁▁▁▁` reached the teacher as four `▁`
+characters (code indentation), and its newline was paired with no teacher token (a Gemma teacher's with its byte
+piece `<0x0A>`, which it never writes). Each check below is independent of the code under test: a tokenizer's own
+encoding, or a pairing built from the pieces' strings. The files come from scripts/fetch_vocabularies.sh (npm).
+"""
+
+import pytest
+import torch
+from helpers import cross_tokenizer_step
+
+from trl_esr.cross_tokenizer import SharedVocabulary, token_bytes
+
+
+def _pairs(student, teacher) -> dict[int, int]:
+    shared = SharedVocabulary.build(student, teacher)
+    assert shared.first_student_ids is None  # no dummy prefix on either side: one vocabulary for every position
+    return dict(zip(shared.student_ids.tolist(), shared.teacher_ids.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_added_text_tokens_append_what_the_decoder_writes(vocabularies, name):
+    """Gemma's decoder writes `▁` as a space (then byte fallback): every added token that is not special appends its
+    content so rewritten, specials their content as it is."""
+    tokenizer = vocabularies[name]
+    table = token_bytes(tokenizer)
+    added = tokenizer.added_tokens_decoder
+    for token_id, token in added.items():
+        expected = token.content if token.special else token.content.replace("▁", " ")
+        assert table[token_id] == expected.encode(), (token_id, token.content)
+    assert sum(not token.special for token in added.values()) > 140  # newlines, whitespace runs, tabs, <unusedN>
+
+
+PAIRS = [("gemma2", "gemma3"), ("gemma2", "qwen3"), ("qwen3", "gemma3"), ("gemma3", "llama3")]
+
+
+@pytest.mark.parametrize("student_name, teacher_name", PAIRS)
+def test_newlines_and_indentation_pair_with_the_token_each_side_writes(vocabularies, student_name, teacher_name):
+    student, teacher = vocabularies[student_name], vocabularies[teacher_name]
+    pairs = _pairs(student, teacher)
+    for text in ["\n", "\n\n", "\n\n\n", "\t", "  ", "    ", " " * 8]:
+        (student_id,) = student(text, add_special_tokens=False)["input_ids"]
+        (teacher_id,) = teacher(text, add_special_tokens=False)["input_ids"]
+        assert pairs.get(student_id) == teacher_id, (repr(text), student_id, teacher_id)
+
+
+def _string_pairs(student, teacher) -> dict[int, int]:
+    """Two SentencePiece vocabularies without a dummy prefix, paired from their token strings: added tokens by name,
+    then EOS with EOS, then pieces whose text (`▁` a space; `<0xNN>` its byte) is the same, the teacher's first id for
+    a text, its byte pieces after its other pieces; real student pieces before byte pieces; one-to-one."""
+
+    def text(piece: str) -> bytes:
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("▁", " ").encode()
+
+    def is_byte(item):
+        return len(item[0]) == 6 and item[0].startswith("<0x")
+
+    teacher_vocab, specials = teacher.get_vocab(), {i for i, t in teacher.added_tokens_decoder.items() if t.special}
+    teacher_by_text = {}
+    for piece, i in sorted(teacher_vocab.items(), key=lambda item: (is_byte(item), item[1])):
+        if i not in specials:
+            teacher_by_text.setdefault(text(piece), i)
+    pairs, used = {}, set()
+    for student_id, token in sorted(student.added_tokens_decoder.items()):
+        if teacher_vocab.get(token.content) is not None and teacher_vocab[token.content] not in used:
+            pairs[student_id] = teacher_vocab[token.content]
+            used.add(pairs[student_id])
+    if student.eos_token_id not in pairs and teacher.eos_token_id not in used:
+        pairs[student.eos_token_id] = teacher.eos_token_id
+        used.add(teacher.eos_token_id)
+    student_specials = {i for i, t in student.added_tokens_decoder.items() if t.special}
+    for piece, i in sorted(student.get_vocab().items(), key=lambda item: (is_byte(item), item[1])):
+        teacher_id = teacher_by_text.get(text(piece))
+        if i not in pairs and i not in student_specials and teacher_id is not None and teacher_id not in used:
+            pairs[i] = teacher_id
+            used.add(teacher_id)
+    return pairs
+
+
+def test_the_papers_cross_family_pair_shares_the_vocabulary_its_pieces_spell(vocabularies):
+    """Gemma-2 <- Gemma-3: the shared vocabulary is exactly the one built from the pieces' strings (70.6 % of
+    Gemma 2's, 180,762 pairs; only 51 pieces keep their id), and a word is paired across its two ids."""
+    student, teacher = vocabularies["gemma2"], vocabularies["gemma3"]
+    pairs = _pairs(student, teacher)
+    assert pairs == _string_pairs(student, teacher)
+    assert 0.70 < len(pairs) / len(student) < 0.71
+    for word in ["▁The", "▁answer", "▁boxed", "\n"]:
+        assert pairs[student.convert_tokens_to_ids(word)] == teacher.convert_tokens_to_ids(word), word
+    assert student.convert_tokens_to_ids("\n") != teacher.convert_tokens_to_ids("\n")  # 108 vs 107
+
+
+def test_a_gemma2_student_with_a_gemma3_teacher_gives_the_kl_computed_by_hand(vocabularies, make_args, tmp_path):
+    """The paper's cross-family pair, tiny models with the real vocabularies, rollouts of k space-led pieces: the loss
+    is the mean over rollouts of the mean over k positions of KL(student || teacher) on the shared vocabulary built
+    from the pieces' strings, each model on its own tokens (`helpers.cross_tokenizer_step`)."""
+    student_tokenizer, teacher_tokenizer, k = vocabularies["gemma2"], vocabularies["gemma3"], 5
+    words = ["▁The", "▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁answer", "▁is"]
+    allowed = {student_tokenizer.convert_tokens_to_ids(word) for word in words}
+    loss, rollouts = cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed, k, make_args, tmp_path)
+    pairs = _string_pairs(student_tokenizer, teacher_tokenizer)
+    student_ids = torch.tensor(sorted(pairs))
+    teacher_ids = torch.tensor([pairs[i] for i in student_ids.tolist()])
+    per_rollout = []
+    for _, student_logits, teacher_logits in rollouts:
+        assert len(teacher_logits) == k  # whole words: one teacher token per student piece
+        log_p = torch.log_softmax(student_logits[:, student_ids], dim=-1)
+        log_q = torch.log_softmax(teacher_logits[:, teacher_ids], dim=-1)
+        per_rollout.append((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    assert loss == pytest.approx(torch.stack(per_rollout).mean().item(), rel=1e-4)
