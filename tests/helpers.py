@@ -86,37 +86,29 @@ class LearningRateJump(TrainerCallback):
 QUESTIONS = ["What is 2 + 3?", "Name a cat.", "Is it on?", "Where is the mat, and who sat on it?"]
 
 
-def cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed: set[int], k: int, make_args, tmp_path):
-    """One ESR step (k tokens, learning rate 0) of tiny Llama-style models with two real vocabularies, the student
-    sampling only `allowed` ids, four one-question prompts. Returns the loss our code computed and, per rollout, each
-    model's logits from its own forward on its own tokens: the student on its prompt and rollout, the teacher on its
-    own chat-template rendering of the question and the response text (as the student's tokenizer decodes it),
-    tokenized by the teacher. `(completion ids, student logits (k, V_s), teacher logits (T, V_t))` per rollout."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-
-    from trl_esr import ESRDistillTrainer
+def tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path, student_shape=None) -> dict[str, str]:
+    """Tiny Llama-style student and teacher with two real vocabularies, saved; heads scaled for peaked distributions
+    (near-uniform ones weigh every logit alike, aligned or not). `student_shape`: keyword arguments of the student's
+    `build_tiny_causal_lm` (vLLM needs a head size it supports)."""
     from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 
     paths = {}
-    models = [("student", student_tokenizer, 16, 0), ("teacher", teacher_tokenizer, 24, 1)]
-    for name, tokenizer, hidden, seed in models:
-        model = build_tiny_causal_lm(tokenizer, "llama", hidden_size=hidden, seed=seed)
-        with torch.no_grad():  # peaked distributions: near-uniform ones weigh every logit alike, aligned or not
+    shapes = {"student": student_shape or dict(hidden_size=16), "teacher": dict(hidden_size=24)}
+    for seed, (name, tokenizer) in enumerate([("student", student_tokenizer), ("teacher", teacher_tokenizer)]):
+        model = build_tiny_causal_lm(tokenizer, "llama", seed=seed, **shapes[name])
+        with torch.no_grad():
             model.lm_head.weight.mul_(30)
         paths[name] = save_pretrained(model, tokenizer, tmp_path / name)
-    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in QUESTIONS]})
-    suppressed = [i for i in range(len(student_tokenizer)) if i not in allowed]
-    args = make_args(max_steps=1, esr_k=k, learning_rate=0.0, per_device_train_batch_size=4, esr_diagnostics_steps=0,
-                     generation_kwargs={"suppress_tokens": suppressed})  # fmt: skip
-    trainer = ESRDistillTrainer(
-        model=paths["student"], teacher_model=paths["teacher"], args=args, train_dataset=prompts,
-        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
-    )  # fmt: skip
-    assert trainer._pairing.mode == "aligned"
-    spy, batches = DivergenceSpy(trainer), record_batches(trainer)
-    trainer.train()
-    assert trainer.state.log_history[0]["esr/aligned_fraction"] == 1.0
+    return paths
+
+
+def own_forward_logits(paths, student_tokenizer, teacher_tokenizer, batches, allowed: set[int], k: int) -> list:
+    """Per rollout of the recorded `batches`, each model's logits from its own forward on its own tokens: the student
+    on its prompt and rollout, the teacher on its own chat-template rendering of the question and the response text
+    (as the student's tokenizer decodes it), tokenized by the teacher. `(completion ids, student logits (k, V_s),
+    teacher logits (T, V_t))` per rollout; each rollout must have k tokens, all in `allowed`."""
+    from transformers import AutoModelForCausalLM
+
     student_lm = AutoModelForCausalLM.from_pretrained(paths["student"]).eval()
     teacher_lm = AutoModelForCausalLM.from_pretrained(paths["teacher"]).eval()
     rollouts = []
@@ -137,5 +129,31 @@ def cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed: set[int]
                 teacher_logits = teacher_lm(torch.tensor([teacher_prompt + teacher_response])).logits[
                     0, len(teacher_prompt) - 1 : -1]  # fmt: skip
             rollouts.append((completion, student_logits.float(), teacher_logits.float()))
+    return rollouts
+
+
+def question_prompts():
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in QUESTIONS]})
+
+
+def cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed: set[int], k: int, make_args, tmp_path):
+    """One ESR step (k tokens, learning rate 0, HF generate) of a `tiny_pair`, the student sampling only `allowed`
+    ids, four one-question prompts. Returns the loss our code computed and `own_forward_logits` of its rollouts."""
+    from trl_esr import ESRDistillTrainer
+
+    paths = tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path)
+    suppressed = [i for i in range(len(student_tokenizer)) if i not in allowed]
+    args = make_args(max_steps=1, esr_k=k, learning_rate=0.0, per_device_train_batch_size=4, esr_diagnostics_steps=0,
+                     generation_kwargs={"suppress_tokens": suppressed})  # fmt: skip
+    trainer = ESRDistillTrainer(
+        model=paths["student"], teacher_model=paths["teacher"], args=args, train_dataset=question_prompts(),
+        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
+    )  # fmt: skip
+    assert trainer._pairing.mode == "aligned"
+    spy, batches = DivergenceSpy(trainer), record_batches(trainer)
+    trainer.train()
+    assert trainer.state.log_history[0]["esr/aligned_fraction"] == 1.0
     (call,) = spy.calls
-    return call["loss"].item(), rollouts
+    return call["loss"].item(), own_forward_logits(paths, student_tokenizer, teacher_tokenizer, batches, allowed, k)

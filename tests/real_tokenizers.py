@@ -56,10 +56,12 @@ QWEN35_NOT_SPECIAL = {name for name, special in QWEN25_ADDED + QWEN3_ADDED if no
 
 MISTRAL_SHA256 = "37f00374dea48658ee8f5d0f21895b9bc55cb0103939607c8185bfd1c6ca1f89"
 
-GEMMA_SHA256 = {  # tokenizer.json
-    "2": "3f289bc05132635a8bc7aca7aa21255efd5e18f3710f43e3cdb96bcd41be4922",
-    "3": "4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795",
-}
+GEMMA_SHA256 = {  # tokenizer.json, tokenizer_config.json
+    "2": ("3f289bc05132635a8bc7aca7aa21255efd5e18f3710f43e3cdb96bcd41be4922",
+          "fe5d3fb6a117764c66d7274b15df16660dcfe84795643fdbe512c502ab0cac9a"),
+    "3": ("4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795",
+          "fa4bdfa99d3936e966002d9622c8ef2dba07b15e48b117cb20fe5f47a02d7601"),
+}  # fmt: skip
 # Gemma-2-it's and Gemma-3-it's generation_config.eos_token_id: <eos>, <end_of_turn>
 GEMMA_STOP_IDS = {"2": [1, 107], "3": [1, 106]}
 
@@ -211,18 +213,23 @@ def vocabulary_dir() -> Path:
 
 
 def gemma_tokenizer(version: str) -> PreTrainedTokenizerFast:
-    """Gemma 2's or Gemma 3's tokenizer (`version` "2" or "3"), as its `-it` model's: BOS `<bos>`, EOS `<end_of_turn>`
-    (the chat turn's end; `GEMMA_STOP_IDS` adds `<eos>`), pad `<pad>`. Raises FileNotFoundError naming the fetch script
-    when the file is absent."""
-    path = vocabulary_dir() / f"gemma{version}" / "tokenizer.json"
+    """Gemma 2's or Gemma 3's tokenizer (`version` "2" or "3"), loaded as a user's run loads it: `AutoTokenizer` on the
+    folder (transformers' `GemmaTokenizer`, from `tokenizer.json` and `tokenizer_config.json`). EOS as the files say
+    (Gemma 2's base tokenizer: `<eos>`; Gemma 3's: `<end_of_turn>`; `GEMMA_STOP_IDS` has both, as the -it models'
+    generation configs), pad `<pad>`, left padding; Gemma 2's file has no chat template: the -it model's is set.
+    Raises FileNotFoundError naming the fetch script when the files are absent."""
+    from transformers import AutoTokenizer
+
+    folder = vocabulary_dir() / f"gemma{version}"
+    path = folder / "tokenizer.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `bash scripts/fetch_vocabularies.sh {path.parent.parent}`")
-    _checked(path, GEMMA_SHA256[version])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(path), bos_token="<bos>", eos_token="<end_of_turn>", pad_token="<pad>", unk_token="<unk>",
-        padding_side="left",
-    )  # fmt: skip
-    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+        raise FileNotFoundError(f"{path} is missing: run `bash scripts/fetch_vocabularies.sh {folder.parent}`")
+    for name, sha256 in zip(("tokenizer.json", "tokenizer_config.json"), GEMMA_SHA256[version], strict=True):
+        _checked(folder / name, sha256)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    assert type(tokenizer).__name__ == "GemmaTokenizer" and tokenizer.padding_side == "left"
     assert len(tokenizer) == {"2": 256_000, "3": 262_145}[version]  # Gemma 3: 262,144 + `<image_soft_token>`
-    assert tokenizer.eos_token_id == GEMMA_STOP_IDS[version][1]
+    assert tokenizer.eos_token_id in GEMMA_STOP_IDS[version] and tokenizer.pad_token_id == 0
     return tokenizer
