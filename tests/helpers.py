@@ -86,18 +86,18 @@ class LearningRateJump(TrainerCallback):
 QUESTIONS = ["What is 2 + 3?", "Name a cat.", "Is it on?", "Where is the mat, and who sat on it?"]
 
 
-def tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path, student_shape=None) -> dict[str, str]:
-    """Tiny Llama-style student and teacher with two real vocabularies, saved; heads scaled for peaked distributions
-    (near-uniform ones weigh every logit alike, aligned or not). `student_shape`: keyword arguments of the student's
-    `build_tiny_causal_lm` (vLLM needs a head size it supports)."""
+def tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path, student_shape=None, models=None) -> dict[str, str]:
+    """Tiny Llama-style student and teacher with two real vocabularies (or the given `models`), saved; heads scaled
+    for peaked distributions (near-uniform ones weigh every logit alike, aligned or not). `student_shape`: keyword
+    arguments of the student's `build_tiny_causal_lm` (vLLM needs a head size it supports)."""
     from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 
     paths = {}
     shapes = {"student": student_shape or dict(hidden_size=16), "teacher": dict(hidden_size=24)}
     for seed, (name, tokenizer) in enumerate([("student", student_tokenizer), ("teacher", teacher_tokenizer)]):
-        model = build_tiny_causal_lm(tokenizer, "llama", seed=seed, **shapes[name])
+        model = models[name] if models else build_tiny_causal_lm(tokenizer, "llama", seed=seed, **shapes[name])
         with torch.no_grad():
-            model.lm_head.weight.mul_(30)
+            model.get_output_embeddings().weight.mul_(30)  # a tied head scales its embeddings too
         paths[name] = save_pretrained(model, tokenizer, tmp_path / name)
     return paths
 
@@ -138,12 +138,13 @@ def question_prompts():
     return Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in QUESTIONS]})
 
 
-def cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed: set[int], k: int, make_args, tmp_path):
+def cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed: set[int], k: int, make_args, tmp_path,
+                         models=None):  # fmt: skip
     """One ESR step (k tokens, learning rate 0, HF generate) of a `tiny_pair`, the student sampling only `allowed`
     ids, four one-question prompts. Returns the loss our code computed and `own_forward_logits` of its rollouts."""
     from trl_esr import ESRDistillTrainer
 
-    paths = tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path)
+    paths = tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path, models=models)
     suppressed = [i for i in range(len(student_tokenizer)) if i not in allowed]
     args = make_args(max_steps=1, esr_k=k, learning_rate=0.0, per_device_train_batch_size=4, esr_diagnostics_steps=0,
                      generation_kwargs={"suppress_tokens": suppressed})  # fmt: skip

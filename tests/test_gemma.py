@@ -94,20 +94,49 @@ def test_the_papers_cross_family_pair_shares_the_vocabulary_its_pieces_spell(voc
     assert student.convert_tokens_to_ids("\n") != teacher.convert_tokens_to_ids("\n")  # 108 vs 107
 
 
+def _gemma_models(student_tokenizer, teacher_tokenizer) -> dict:
+    """Tiny models of the paper's pair in their Hub classes: a Gemma-2 student (`Gemma2ForCausalLM`: final logits
+    soft-capped at 30, attention logits at 50, alternating sliding-window layers, tied embeddings) and a Gemma-3
+    teacher (`Gemma3ForConditionalGeneration`, a vision-language checkpoint with a one-layer vision tower, as
+    Gemma-3-4B is; its head has 262,208 rows, more than the tokenizer's 262,145 ids, as the real one)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration
+
+    shape = dict(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                 pad_token_id=0, eos_token_id=1, bos_token_id=2)  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        student = Gemma2ForCausalLM(Gemma2Config(vocab_size=len(student_tokenizer), hidden_size=16,
+                                                 intermediate_size=32, head_dim=8, **shape))  # fmt: skip
+        text = dict(vocab_size=262_208, hidden_size=24, intermediate_size=48, head_dim=12, **shape)
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                      patch_size=14)  # fmt: skip
+        teacher = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision,
+                                                              mm_tokens_per_image=4))  # fmt: skip
+    assert student.config.final_logit_softcapping == 30.0 and len(teacher_tokenizer) < 262_208
+    for model, tokenizer in ((student, student_tokenizer), (teacher, teacher_tokenizer)):
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return {"student": student, "teacher": teacher}
+
+
 def test_a_gemma2_student_with_a_gemma3_teacher_gives_the_kl_computed_by_hand(vocabularies, make_args, tmp_path):
-    """The paper's cross-family pair, tiny models with the real vocabularies, rollouts of k space-led pieces: the loss
-    is the mean over rollouts of the mean over k positions of KL(student || teacher) on the shared vocabulary built
-    from the pieces' strings, each model on its own tokens (`helpers.cross_tokenizer_step`)."""
+    """The paper's cross-family pair, tiny models of its architectures with the real vocabularies, rollouts of k
+    space-led pieces: the loss is the mean over rollouts of the mean over k positions of KL(student || teacher) on the
+    shared vocabulary built from the pieces' strings, each model's soft-capped logits from its own forward on its own
+    tokens (`helpers.cross_tokenizer_step`)."""
     student_tokenizer, teacher_tokenizer, k = vocabularies["gemma2"], vocabularies["gemma3"], 5
     words = ["▁The", "▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁answer", "▁is"]
     allowed = {student_tokenizer.convert_tokens_to_ids(word) for word in words}
-    loss, rollouts = cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed, k, make_args, tmp_path)
+    models = _gemma_models(student_tokenizer, teacher_tokenizer)
+    loss, rollouts = cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed, k, make_args, tmp_path,
+                                          models=models)  # fmt: skip
     pairs = _string_pairs(student_tokenizer, teacher_tokenizer)
     student_ids = torch.tensor(sorted(pairs))
     teacher_ids = torch.tensor([pairs[i] for i in student_ids.tolist()])
     per_rollout = []
     for _, student_logits, teacher_logits in rollouts:
         assert len(teacher_logits) == k  # whole words: one teacher token per student piece
+        assert student_logits.abs().max() <= 30.0  # soft-capped
         log_p = torch.log_softmax(student_logits[:, student_ids], dim=-1)
         log_q = torch.log_softmax(teacher_logits[:, teacher_ids], dim=-1)
         per_rollout.append((log_p.exp() * (log_p - log_q)).sum(-1).mean())
