@@ -2,8 +2,9 @@
 
 `python -m benchmarks.alignment` times `trl_esr.cross_tokenizer.Aligner` on 16 rollouts (the paper's prompts per step)
 of 100 (ESR's k), 512, 2,048 and 3,584 (the paper's full-rollout math cap) tokens, for a Llama-3 student with a Qwen3
-teacher (NFC normaliser), a Qwen2.5 student with a Llama-3 teacher, and a Qwen3 student with a Qwen3.5 teacher (a
-248,077-token vocabulary). Rollouts are slices of mixed prose, LaTeX,
+teacher (NFC normaliser), a Qwen2.5 student with a Llama-3 teacher, a Qwen3 student with a Qwen3.5 teacher (a
+248,077-token vocabulary) and, when scripts/fetch_vocabularies.sh has fetched them, the paper's Gemma-2 student with a
+Gemma-3 teacher (SentencePiece; 256,000 and 262,145 ids). Rollouts are slices of mixed prose, LaTeX,
 code, CJK and emoji text, tokenized by the student. Best of 3 runs per length; the ratio to the shortest length
 shows the growth (16 rollouts x L tokens: linear means ratio ~ L / 100).
 """
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-from tests.real_tokenizers import LLAMA3_STOP_IDS, TEXTS, llama3_tokenizer, qwen35_tokenizer, qwen_tokenizer
+from tests.real_tokenizers import (
+    GEMMA_STOP_IDS,
+    LLAMA3_STOP_IDS,
+    TEXTS,
+    gemma_tokenizer,
+    llama3_tokenizer,
+    qwen35_tokenizer,
+    qwen_tokenizer,
+)
 from trl_esr.cross_tokenizer import Aligner
 
 
@@ -45,6 +54,10 @@ def main(argv: list[str] | None = None) -> dict:
         "qwen2.5 <- llama3": (qwen25, llama3, None),
         "qwen3 <- qwen3.5": (qwen3, qwen35, None),
     }
+    try:
+        pairs["gemma2 <- gemma3"] = (gemma_tokenizer("2"), gemma_tokenizer("3"), GEMMA_STOP_IDS["2"])
+    except FileNotFoundError as error:
+        print(f"gemma2 <- gemma3: left out ({error})")
     text = " ".join(TEXTS.values()) * 100
     results = {"rollouts": ROLLOUTS, "seconds": {}}
     for name, (student, teacher, stop_ids) in pairs.items():
