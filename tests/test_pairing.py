@@ -8,6 +8,7 @@ import pytest
 from real_tokenizers import QWEN_HEAD_ROWS, llama3_tokenizer, qwen_tokenizer
 
 from trl_esr.demo.tiny_models import build_tiny_causal_lm, build_word_tokenizer, save_pretrained
+from trl_esr.model_card import _vocabulary_row
 from trl_esr.pairing import PairKind, TokenizerPairing, head_size, pair_kind
 
 
@@ -84,3 +85,6 @@ def test_the_trainer_builds_the_pairing_of_that_kind(words, make_args, tmp_path)
     for teacher, (mode, rows) in cases.items():
         pairing = TokenizerPairing.detect(args, paths["student"], paths[teacher], student, None)
         assert (pairing.mode, pairing.vocab_size) == (mode, rows), teacher
+        # the model card says when the KL was over part of a head (the aligned case: tests/test_gemma.py)
+        row = _vocabulary_row(pairing).get("vocabulary", "")
+        assert (f"the KL over the {rows} head rows both models use" in row) if rows else row == "", teacher

@@ -58,6 +58,7 @@ def test_lora_trains_adapters_only_and_resumes_from_checkpoint(make_trainer, mod
     card = (tmp_path / "lora" / "README.md").read_text()
     assert "trl-esr" in card and "2605.27028" in card  # TRL's card from `_tag_names` and `_paper`
     assert "**k = 8**" in card and model_paths["teacher"] in card  # our ESR section
+    assert "| vocabulary |" not in card  # one tokenizer: the teacher read the student's ids
 
     args = make_args(max_steps=4, save_strategy="steps", save_steps=2, output_dir=str(tmp_path / "lora"))
     resumed = make_trainer(args, peft_config=lora)

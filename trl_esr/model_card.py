@@ -33,6 +33,7 @@ def esr_details(trainer, dataset_name: str | None = None) -> str:
         "teacher": (f"`{teacher}`" + (f" (revision `{revision}`)" if revision else ""))
         if teacher
         else "a local model",
+        **_vocabulary_row(trainer._pairing),
         "dataset": f"`{dataset_name}`" if dataset_name else "not given",
         "rollout horizon": horizon,
         "divergence": f"generalized JSD with beta={args.beta} (1.0 = reverse KL, KL(student ‖ teacher))",
@@ -54,6 +55,19 @@ def esr_details(trainer, dataset_name: str | None = None) -> str:
         "the teacher scores their first k tokens, and the student minimises the reverse KL to the teacher there.\n\n"
         f"| setting | value |\n|---|---|\n{table}\n\n"
     )
+
+
+def _vocabulary_row(pairing) -> dict[str, str]:
+    """How the teacher read the student's tokens, where it did not simply read its ids: the KL was then over part of
+    a vocabulary, which a reader comparing runs needs to know."""
+    if pairing.mode == "padded":
+        rows = f"the KL over the {pairing.vocab_size} head rows both models use"
+        return {"vocabulary": f"one vocabulary, heads of different sizes: {rows}"}
+    if pairing.mode == "aligned":
+        shared = f"{pairing.shared.fraction:.1%} of the student's vocabulary"
+        how = "rollouts re-tokenized for the teacher, aligned by characters"
+        return {"vocabulary": f"another tokenizer: {how}, the KL over the {shared} both tokenizers spell alike"}
+    return {}
 
 
 def add_esr_details(readme: str | Path, trainer, dataset_name: str | None = None) -> None:
