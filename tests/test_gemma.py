@@ -143,51 +143,75 @@ def test_a_gemma2_student_with_a_gemma3_teacher_gives_the_kl_computed_by_hand(vo
     assert loss == pytest.approx(torch.stack(per_rollout).mean().item(), rel=1e-4)
 
 
-def test_the_papers_gemma_recipe_trains_end_to_end_at_tiny_shapes(vocabularies, tmp_path):
-    """`trl-esr train --config examples/configs/gemma2_2b_from_gemma3_4b.yaml` with the Hub ids replaced by tiny
-    checkpoints of the same classes and real tokenizers (saved folders, loaded by path as Hub ids are), a local
-    dataset with the recipe's `problem` column, and CPU-sized overrides (one step, without the warm-up that would
-    give it a learning rate of 0): every other key is the recipe's (LoRA r=32
-    on all linear layers, the teacher's own chat template, gradient checkpointing, sequence normalisation)."""
+def _qwen3_teacher(tokenizer):
+    """A tiny Qwen3 in Qwen3-4B's class and head size (151,936 rows, tied embeddings)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=151_936, hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=12, max_position_embeddings=512,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+RECIPES = {  # recipe: (teacher vocabulary, teacher class, shared pieces of Gemma 2's 256,000)
+    "gemma2_2b_from_gemma3_4b.yaml": ("gemma3", "Gemma3ForConditionalGeneration", 180_762),
+    "gemma2_2b_from_qwen3_4b_cross_family.yaml": ("qwen3", "Qwen3ForCausalLM", 97_677),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_gemma_recipes_train_end_to_end_at_tiny_shapes(vocabularies, tmp_path, recipe):
+    """`trl-esr train --config examples/configs/<recipe>` with the Hub ids replaced by tiny checkpoints of the same
+    classes and real tokenizers (saved folders, loaded by path as Hub ids are), a local dataset with the recipe's
+    `problem` column, and CPU-sized overrides (one step, without the warm-up that would give it a learning rate of
+    0): every other key is the recipe's (LoRA r=32 on all linear layers, the teacher's own chat template and its
+    kwargs, gradient checkpointing, sequence normalisation)."""
     import json
     from pathlib import Path
 
     from peft import PeftModel
     from script_worker import run_script
-    from transformers import Gemma3ForConditionalGeneration
 
     from trl_esr.demo.tiny_models import save_pretrained
 
-    student_tokenizer, teacher_tokenizer = vocabularies["gemma2"], vocabularies["gemma3"]
-    models = _gemma_models(student_tokenizer, teacher_tokenizer)
+    teacher_name, teacher_class, shared = RECIPES[recipe]
+    student_tokenizer, teacher_tokenizer = vocabularies["gemma2"], vocabularies[teacher_name]
+    models = _gemma_models(student_tokenizer, vocabularies["gemma3"])
+    if teacher_name == "qwen3":
+        models["teacher"] = _qwen3_teacher(teacher_tokenizer)
     paths = {name: save_pretrained(models[name], tokenizer, tmp_path / name)
              for name, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer))}  # fmt: skip
     data = tmp_path / "data"
     data.mkdir()
     rows = [{"problem": f"What is {i} + {i + 1}?", "solution": f"\\boxed{{{2 * i + 1}}}"} for i in range(8)]
     (data / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
-    recipe = Path(__file__).parent.parent / "examples/configs/gemma2_2b_from_gemma3_4b.yaml"
     out, k = tmp_path / "run", 4
     trainer = run_script([
-        "--config", str(recipe), "--model_name_or_path", paths["student"],
-        "--teacher_model_name_or_path", paths["teacher"], "--dataset_name", str(data), "--output_dir", str(out),
+        "--config", str(Path(__file__).parent.parent / "examples/configs" / recipe),
+        "--model_name_or_path", paths["student"], "--teacher_model_name_or_path", paths["teacher"],
+        "--dataset_name", str(data), "--output_dir", str(out),
         "--use_cpu", "--bf16", "False", "--dtype", "float32", "--max_steps", "1", "--per_device_train_batch_size", "2",
         "--gradient_accumulation_steps", "1", "--esr_k", str(k), "--max_completion_length", "8",
-        "--save_strategy", "no", "--logging_steps", "1", "--warmup_steps", "0",  # (a 1-step warm-up: lr 0)
+        "--save_strategy", "no", "--logging_steps", "1", "--warmup_steps", "0",
         "--generation_kwargs", json.dumps({"suppress_tokens": [1, student_tokenizer.eos_token_id, 107]}),
     ])  # fmt: skip
     assert trainer._pairing.mode == "aligned" and trainer.state.global_step == 1
     assert isinstance(trainer.model, PeftModel) and trainer.model.peft_config["default"].r == 32
-    assert isinstance(trainer.teacher_model, Gemma3ForConditionalGeneration)
+    assert type(trainer.teacher_model).__name__ == teacher_class
     log = trainer.state.log_history[0]
     assert log["esr/k"] == k and log["esr/aligned_fraction"] > 0.5
-    assert log["esr/shared_vocab_fraction"] == pytest.approx(180_762 / 256_000)
+    assert log["esr/shared_vocab_fraction"] == pytest.approx(shared / 256_000)
     weights = {n: p for n, p in trainer.model.named_parameters() if "lora_B" in n}
     assert weights and any(p.abs().max() > 0 for p in weights.values())  # PEFT starts B at zero: the step moved it
     card = (out / "README.md").read_text()
     assert (out / "adapter_model.safetensors").exists() and f"| teacher | `{paths['teacher']}` |" in card
     row = (
         "| vocabulary | another tokenizer: rollouts re-tokenized for the teacher, aligned by characters, the KL "
-        "over the 70.6% of the student's vocabulary both tokenizers spell alike |"
+        f"over the {shared / 256_000:.1%} of the student's vocabulary both tokenizers spell alike |"
     )
     assert row in card
