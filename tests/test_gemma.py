@@ -215,3 +215,35 @@ def test_the_gemma_recipes_train_end_to_end_at_tiny_shapes(vocabularies, tmp_pat
         f"over the {shared / 256_000:.1%} of the student's vocabulary both tokenizers spell alike |"
     )
     assert row in card
+
+
+def test_a_gemma3_student_trains_on_text_prompts_through_its_processor(vocabularies, make_args, tmp_path):
+    """Gemma-3-4B is a vision-language checkpoint whose folder has processor files: `AutoProcessor` loads a
+    `Gemma3Processor` (no torchvision needed), which the trainer keeps as its processing class, and text prompts
+    train through it against a teacher with another vocabulary (Gemma 2's), rollouts of k tokens, every one aligned."""
+    import json
+    from pathlib import Path
+
+    from datasets import Dataset
+
+    from trl_esr import ESRDistillTrainer
+    from trl_esr.demo.tiny_models import save_pretrained
+
+    models = _gemma_models(vocabularies["gemma2"], vocabularies["gemma3"])  # the pair, each used the other way round
+    student = save_pretrained(models["teacher"], vocabularies["gemma3"], tmp_path / "student")
+    teacher = save_pretrained(models["student"], vocabularies["gemma2"], tmp_path / "teacher")
+    image = {"image_processor_type": "Gemma3ImageProcessor", "processor_class": "Gemma3Processor",
+             "size": {"height": 28, "width": 28}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}  # fmt: skip
+    Path(student, "preprocessor_config.json").write_text(json.dumps(image))  # the Hub's files, at the tiny size
+    processor = {"image_seq_length": 4, "processor_class": "Gemma3Processor"}
+    Path(student, "processor_config.json").write_text(json.dumps(processor))
+    k = 4
+    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(4)]})
+    args = make_args(max_steps=1, esr_k=k, per_device_train_batch_size=4, esr_diagnostics_steps=0,
+                     generation_kwargs={"suppress_tokens": [1, vocabularies["gemma3"].eos_token_id]})  # fmt: skip
+    trainer = ESRDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=prompts)
+    assert type(trainer.processing_class).__name__ == "Gemma3Processor" and trainer._pairing.mode == "aligned"
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert (log["esr/tokens_generated"], log["esr/capped_fraction"]) == (4 * k, 1.0)
+    assert log["esr/aligned_fraction"] > 0.5 and log["esr/shared_vocab_fraction"] == pytest.approx(180_762 / 262_145)
