@@ -44,6 +44,7 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate
 
 import torch
@@ -182,23 +183,23 @@ class SharedVocabulary:
     ) -> "SharedVocabulary":
         student_table = token_bytes(student) if student_table is None else student_table
         teacher_table = token_bytes(teacher)
-        teacher_keys = _text_keys(teacher, teacher_table)
-        teacher_by_key = _first_id_by_key(teacher, teacher_keys)
-        student_ids, teacher_ids = _pair(student, teacher, _text_keys(student, student_table), teacher_by_key)
+        # each side's ids in pairing order, computed once (one pass over the vocabulary: ~0.2 s for Gemma 3's)
+        student_order, teacher_order = _byte_fallback_last(student), _byte_fallback_last(teacher)
+        teacher_by_key = _first_id_by_key(teacher_order, _text_keys(teacher, teacher_table))
+        pair = partial(_pair, student, teacher, student_order=student_order)
+        student_ids, teacher_ids = pair(_text_keys(student, student_table), teacher_by_key)
         first_student_ids = first_teacher_ids = None
         student_strip, teacher_strip = leading_strip(student, student_table), leading_strip(teacher, teacher_table)
         if student_strip or teacher_strip:
             # What each side writes as the response's first token: a stripping side's `▁The` is "The" (ahead of a
             # teacher's own piece `The`, which it does not write there); a teacher id keeps one key.
             first_student = _lstrip(student_table, student_strip) if student_strip else student_table
-            first_teacher = _first_id_by_key(teacher, _text_keys(teacher, _lstrip(teacher_table, teacher_strip)))
+            first_teacher = _first_id_by_key(teacher_order, _text_keys(teacher, _lstrip(teacher_table, teacher_strip)))
             taken = set(first_teacher.values())
             for key, teacher_id in teacher_by_key.items():
                 if teacher_id not in taken:
                     first_teacher.setdefault(key, teacher_id)
-            first_student_ids, first_teacher_ids = _pair(
-                student, teacher, _text_keys(student, first_student), first_teacher
-            )
+            first_student_ids, first_teacher_ids = pair(_text_keys(student, first_student), first_teacher)
         fraction = len(student_ids) / len(student)
         return cls(student_ids, teacher_ids, fraction, first_student_ids, first_teacher_ids)
 
@@ -208,10 +209,10 @@ class SharedVocabulary:
         return SharedVocabulary(self.student_ids.to(device), self.teacher_ids.to(device), self.fraction, *first)
 
 
-def _first_id_by_key(tokenizer, keys: list[bytes | None]) -> dict[bytes, int]:
-    """Each key's first id, byte-fallback pieces last ([`_byte_fallback_last`])."""
+def _first_id_by_key(order: list[int], keys: list[bytes | None]) -> dict[bytes, int]:
+    """Each key's first id in `order` (byte-fallback pieces last: [`_byte_fallback_last`])."""
     by_key = {}
-    for token_id in _byte_fallback_last(tokenizer):
+    for token_id in order:
         if keys[token_id] is not None:
             by_key.setdefault(keys[token_id], token_id)
     return by_key
@@ -222,8 +223,9 @@ def _lstrip(table: list[bytes], strip: bytes) -> list[bytes]:
     return [data[len(strip) :] if strip and data.startswith(strip) else b"" for data in table]
 
 
-def _pair(student, teacher, student_keys: list[bytes | None], teacher_by_key: dict) -> tuple[torch.Tensor, ...]:
-    """One-to-one (student id, teacher id) pairs in [`SharedVocabulary`]'s order, as two aligned index tensors."""
+def _pair(student, teacher, student_keys: list[bytes | None], teacher_by_key: dict, student_order: list[int]):
+    """One-to-one (student id, teacher id) pairs in [`SharedVocabulary`]'s order, as two aligned index tensors;
+    the student's ids by bytes in `student_order` ([`_byte_fallback_last`])."""
     pairs, used = {}, set()
 
     def pair(student_id, teacher_id):
@@ -236,7 +238,7 @@ def _pair(student, teacher, student_keys: list[bytes | None], teacher_by_key: di
     for student_id, token in sorted(student.added_tokens_decoder.items()):
         pair(student_id, teacher_vocab.get(token.content))
     pair(student.eos_token_id, teacher.eos_token_id)
-    for student_id in _byte_fallback_last(student):
+    for student_id in student_order:
         pair(student_id, teacher_by_key.get(student_keys[student_id]))
     student_ids = torch.tensor(sorted(pairs))
     return student_ids, torch.tensor([pairs[i] for i in student_ids.tolist()])
