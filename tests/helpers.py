@@ -86,10 +86,11 @@ class LearningRateJump(TrainerCallback):
 QUESTIONS = ["What is 2 + 3?", "Name a cat.", "Is it on?", "Where is the mat, and who sat on it?"]
 
 
-def tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path, student_shape=None, models=None) -> dict[str, str]:
+def tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path, student_shape=None, models=None,
+              head_scale: float = 30.0) -> dict[str, str]:  # fmt: skip
     """Tiny Llama-style student and teacher with two real vocabularies (or the given `models`), saved; heads scaled
-    for peaked distributions (near-uniform ones weigh every logit alike, aligned or not). `student_shape`: keyword
-    arguments of the student's `build_tiny_causal_lm` (vLLM needs a head size it supports)."""
+    by `head_scale` for peaked distributions (near-uniform ones weigh every logit alike, aligned or not).
+    `student_shape`: keyword arguments of the student's `build_tiny_causal_lm` (vLLM needs a head size it supports)."""
     from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
 
     paths = {}
@@ -97,7 +98,7 @@ def tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path, student_shape=None
     for seed, (name, tokenizer) in enumerate([("student", student_tokenizer), ("teacher", teacher_tokenizer)]):
         model = models[name] if models else build_tiny_causal_lm(tokenizer, "llama", seed=seed, **shapes[name])
         with torch.no_grad():
-            model.get_output_embeddings().weight.mul_(30)  # a tied head scales its embeddings too
+            model.get_output_embeddings().weight.mul_(head_scale)  # a tied head scales its embeddings too
         paths[name] = save_pretrained(model, tokenizer, tmp_path / name)
     return paths
 

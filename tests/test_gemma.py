@@ -10,6 +10,7 @@ encoding, or a pairing built from the pieces' strings. The files come from scrip
 
 import pytest
 import torch
+from gemma_models import gemma_models, sentencepiece_string_pairs, shared_vocabulary_kl
 from helpers import cross_tokenizer_step
 
 from trl_esr.cross_tokenizer import SharedVocabulary, token_bytes
@@ -47,76 +48,16 @@ def test_newlines_and_indentation_pair_with_the_token_each_side_writes(vocabular
         assert pairs.get(student_id) == teacher_id, (repr(text), student_id, teacher_id)
 
 
-def _string_pairs(student, teacher) -> dict[int, int]:
-    """Two SentencePiece vocabularies without a dummy prefix, paired from their token strings: added tokens by name,
-    then EOS with EOS, then pieces whose text (`▁` a space; `<0xNN>` its byte) is the same, the teacher's first id for
-    a text, its byte pieces after its other pieces; real student pieces before byte pieces; one-to-one."""
-
-    def text(piece: str) -> bytes:
-        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-            return bytes([int(piece[3:5], 16)])
-        return piece.replace("▁", " ").encode()
-
-    def is_byte(item):
-        return len(item[0]) == 6 and item[0].startswith("<0x")
-
-    teacher_vocab, specials = teacher.get_vocab(), {i for i, t in teacher.added_tokens_decoder.items() if t.special}
-    teacher_by_text = {}
-    for piece, i in sorted(teacher_vocab.items(), key=lambda item: (is_byte(item), item[1])):
-        if i not in specials:
-            teacher_by_text.setdefault(text(piece), i)
-    pairs, used = {}, set()
-    for student_id, token in sorted(student.added_tokens_decoder.items()):
-        if teacher_vocab.get(token.content) is not None and teacher_vocab[token.content] not in used:
-            pairs[student_id] = teacher_vocab[token.content]
-            used.add(pairs[student_id])
-    if student.eos_token_id not in pairs and teacher.eos_token_id not in used:
-        pairs[student.eos_token_id] = teacher.eos_token_id
-        used.add(teacher.eos_token_id)
-    student_specials = {i for i, t in student.added_tokens_decoder.items() if t.special}
-    for piece, i in sorted(student.get_vocab().items(), key=lambda item: (is_byte(item), item[1])):
-        teacher_id = teacher_by_text.get(text(piece))
-        if i not in pairs and i not in student_specials and teacher_id is not None and teacher_id not in used:
-            pairs[i] = teacher_id
-            used.add(teacher_id)
-    return pairs
-
-
 def test_the_papers_cross_family_pair_shares_the_vocabulary_its_pieces_spell(vocabularies):
     """Gemma-2 <- Gemma-3: the shared vocabulary is exactly the one built from the pieces' strings (70.6 % of
     Gemma 2's, 180,762 pairs; only 51 pieces keep their id), and a word is paired across its two ids."""
     student, teacher = vocabularies["gemma2"], vocabularies["gemma3"]
     pairs = _pairs(student, teacher)
-    assert pairs == _string_pairs(student, teacher)
+    assert pairs == sentencepiece_string_pairs(student, teacher)
     assert 0.70 < len(pairs) / len(student) < 0.71
     for word in ["▁The", "▁answer", "▁boxed", "\n"]:
         assert pairs[student.convert_tokens_to_ids(word)] == teacher.convert_tokens_to_ids(word), word
     assert student.convert_tokens_to_ids("\n") != teacher.convert_tokens_to_ids("\n")  # 108 vs 107
-
-
-def _gemma_models(student_tokenizer, teacher_tokenizer) -> dict:
-    """Tiny models of the paper's pair in their Hub classes: a Gemma-2 student (`Gemma2ForCausalLM`: final logits
-    soft-capped at 30, attention logits at 50, alternating sliding-window layers, tied embeddings) and a Gemma-3
-    teacher (`Gemma3ForConditionalGeneration`, a vision-language checkpoint with a one-layer vision tower, as
-    Gemma-3-4B is; its head has 262,208 rows, more than the tokenizer's 262,145 ids, as the real one)."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration
-
-    shape = dict(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                 pad_token_id=0, eos_token_id=1, bos_token_id=2)  # fmt: skip
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        student = Gemma2ForCausalLM(Gemma2Config(vocab_size=len(student_tokenizer), hidden_size=16,
-                                                 intermediate_size=32, head_dim=8, **shape))  # fmt: skip
-        text = dict(vocab_size=262_208, hidden_size=24, intermediate_size=48, head_dim=12, **shape)
-        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
-                      patch_size=14)  # fmt: skip
-        teacher = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision,
-                                                              mm_tokens_per_image=4))  # fmt: skip
-    assert student.config.final_logit_softcapping == 30.0 and len(teacher_tokenizer) < 262_208
-    for model, tokenizer in ((student, student_tokenizer), (teacher, teacher_tokenizer)):
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return {"student": student, "teacher": teacher}
 
 
 def test_a_gemma2_student_with_a_gemma3_teacher_gives_the_kl_computed_by_hand(vocabularies, make_args, tmp_path):
@@ -127,20 +68,14 @@ def test_a_gemma2_student_with_a_gemma3_teacher_gives_the_kl_computed_by_hand(vo
     student_tokenizer, teacher_tokenizer, k = vocabularies["gemma2"], vocabularies["gemma3"], 5
     words = ["▁The", "▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁answer", "▁is"]
     allowed = {student_tokenizer.convert_tokens_to_ids(word) for word in words}
-    models = _gemma_models(student_tokenizer, teacher_tokenizer)
+    models = gemma_models(student_tokenizer, teacher_tokenizer)
     loss, rollouts = cross_tokenizer_step(student_tokenizer, teacher_tokenizer, allowed, k, make_args, tmp_path,
                                           models=models)  # fmt: skip
-    pairs = _string_pairs(student_tokenizer, teacher_tokenizer)
-    student_ids = torch.tensor(sorted(pairs))
-    teacher_ids = torch.tensor([pairs[i] for i in student_ids.tolist()])
-    per_rollout = []
     for _, student_logits, teacher_logits in rollouts:
         assert len(teacher_logits) == k  # whole words: one teacher token per student piece
         assert student_logits.abs().max() <= 30.0  # soft-capped
-        log_p = torch.log_softmax(student_logits[:, student_ids], dim=-1)
-        log_q = torch.log_softmax(teacher_logits[:, teacher_ids], dim=-1)
-        per_rollout.append((log_p.exp() * (log_p - log_q)).sum(-1).mean())
-    assert loss == pytest.approx(torch.stack(per_rollout).mean().item(), rel=1e-4)
+    pairs = sentencepiece_string_pairs(student_tokenizer, teacher_tokenizer)
+    assert loss == pytest.approx(shared_vocabulary_kl(rollouts, pairs), rel=1e-4)
 
 
 def _qwen3_teacher(tokenizer):
@@ -181,7 +116,7 @@ def test_the_gemma_recipes_train_end_to_end_at_tiny_shapes(vocabularies, tmp_pat
 
     teacher_name, teacher_class, shared = RECIPES[recipe]
     student_tokenizer, teacher_tokenizer = vocabularies["gemma2"], vocabularies[teacher_name]
-    models = _gemma_models(student_tokenizer, vocabularies["gemma3"])
+    models = gemma_models(student_tokenizer, vocabularies["gemma3"])
     if teacher_name == "qwen3":
         models["teacher"] = _qwen3_teacher(teacher_tokenizer)
     paths = {name: save_pretrained(models[name], tokenizer, tmp_path / name)
@@ -229,7 +164,7 @@ def test_a_gemma3_student_trains_on_text_prompts_through_its_processor(vocabular
     from trl_esr import ESRDistillTrainer
     from trl_esr.demo.tiny_models import save_pretrained
 
-    models = _gemma_models(vocabularies["gemma2"], vocabularies["gemma3"])  # the pair, each used the other way round
+    models = gemma_models(vocabularies["gemma2"], vocabularies["gemma3"])  # the pair, each used the other way round
     student = save_pretrained(models["teacher"], vocabularies["gemma3"], tmp_path / "student")
     teacher = save_pretrained(models["student"], vocabularies["gemma2"], tmp_path / "teacher")
     image = {"image_processor_type": "Gemma3ImageProcessor", "processor_class": "Gemma3Processor",

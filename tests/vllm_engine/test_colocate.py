@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from engine_checks import greedy
 from helpers import record_batches
 from vllm import SamplingParams
 
@@ -173,34 +174,6 @@ def test_loss_and_metrics_equal_the_hf_path_for_the_same_rollouts(
     hf_params = dict(hf_trainer.model.named_parameters())
     for name, param in vllm_trainer.model.named_parameters():
         torch.testing.assert_close(param, hf_params[name], msg=name)
-
-
-def greedy(trainer, prompts: list[list[int]], eos: int, steps: int = 12):
-    """Greedy continuations of `prompts` by the engine and by HF `generate`, with each engine token's logprob, the HF
-    model's logprob of the same token after the same prefix, and the HF model's best logprob there (all over the
-    vocabulary without EOS)."""
-    never_eos = [i for i in range(trainer.model.config.vocab_size) if i != eos]
-    params = SamplingParams(temperature=0.0, max_tokens=steps, allowed_token_ids=never_eos, logprobs=0)
-    outputs = trainer.vllm_generation.llm.generate(
-        [{"prompt_token_ids": ids} for ids in prompts], sampling_params=params, use_tqdm=False
-    )
-    model = trainer.accelerator.unwrap_model(trainer.model).eval()
-    results = []
-    for ids, output in zip(prompts, outputs, strict=True):
-        engine_tokens = list(output.outputs[0].token_ids)
-        engine_logprobs = [
-            step[token].logprob for step, token in zip(output.outputs[0].logprobs, engine_tokens, strict=True)
-        ]
-        with torch.no_grad():
-            hf = model.generate(
-                torch.tensor([ids]), do_sample=False, max_new_tokens=steps, suppress_tokens=[eos], eos_token_id=None
-            )[0, len(ids) :]
-            logits = model(torch.tensor([ids + engine_tokens])).logits[0, len(ids) - 1 : -1].float()  # (steps, V)
-        logits[:, eos] = float("-inf")
-        hf_all = torch.log_softmax(logits, dim=-1)
-        hf_logprobs = hf_all.gather(1, torch.tensor(engine_tokens)[:, None])[:, 0]
-        results.append((engine_tokens, hf.tolist(), torch.tensor(engine_logprobs), hf_logprobs, hf_all.max(-1).values))
-    return results
 
 
 def test_engine_computes_with_the_synced_weights(make_vllm_args, make_vllm_trainer, tokenizer, prompt_ids):
