@@ -125,3 +125,25 @@ def make_vllm_trainer(vllm_model_paths, tokenizer, train_dataset):
         )
 
     return make
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """Record the `max_tokens` of every `LLM.generate` call TRL makes, and fail if HF `generate` is used instead."""
+
+    def spy(trainer) -> list[int]:
+        calls, llm = [], trainer.vllm_generation.llm
+        generate = llm.generate
+
+        def recording(prompts, sampling_params, **kwargs):
+            calls.append(sampling_params.max_tokens)
+            return generate(prompts, sampling_params=sampling_params, **kwargs)
+
+        def no_hf_generate(*args, **kwargs):
+            raise AssertionError("a vLLM run fell back to HF generate")
+
+        monkeypatch.setattr(llm, "generate", recording)
+        monkeypatch.setattr(trainer.accelerator.unwrap_model(trainer.model), "generate", no_hf_generate)
+        return calls
+
+    return spy

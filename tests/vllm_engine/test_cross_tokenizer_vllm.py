@@ -35,7 +35,7 @@ def _string_pairs(student, teacher) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_vllm_rollouts_of_a_llama3_student_train_against_a_qwen3_teacher(
-    vocabularies, make_vllm_args, tmp_path, monkeypatch
+    vocabularies, make_vllm_args, tmp_path, engine_calls
 ):
     student_tokenizer, teacher_tokenizer = vocabularies["llama3"], vocabularies["qwen3"]
     paths = tiny_pair(student_tokenizer, teacher_tokenizer, tmp_path, student_shape=dict(hidden_size=64, num_heads=2))
@@ -47,17 +47,7 @@ def test_vllm_rollouts_of_a_llama3_student_train_against_a_qwen3_teacher(
         processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
     )  # fmt: skip
     assert trainer._pairing.mode == "aligned"
-    calls, generate = [], trainer.vllm_generation.llm.generate
-
-    def recording(prompts, sampling_params, **kwargs):
-        calls.append(sampling_params.max_tokens)
-        return generate(prompts, sampling_params=sampling_params, **kwargs)
-
-    def no_hf_generate(*args, **kwargs):
-        raise AssertionError("a vLLM run fell back to HF generate")
-
-    monkeypatch.setattr(trainer.vllm_generation.llm, "generate", recording)
-    monkeypatch.setattr(trainer.accelerator.unwrap_model(trainer.model), "generate", no_hf_generate)
+    calls = engine_calls(trainer)
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
     trainer.train()
 

@@ -41,21 +41,11 @@ def _trainer(gemma_pair, args) -> ESRDistillTrainer:
     return trainer
 
 
-def test_vllm_rollouts_of_a_gemma2_student_train_against_a_gemma3_teacher(gemma_pair, make_vllm_args, monkeypatch):
+def test_vllm_rollouts_of_a_gemma2_student_train_against_a_gemma3_teacher(gemma_pair, make_vllm_args, engine_calls):
     paths, student_tokenizer, teacher_tokenizer, allowed = gemma_pair
     sampling = {"allowed_token_ids": sorted(allowed)}  # vLLM's: only these words, never EOS
     trainer = _trainer(gemma_pair, make_vllm_args(esr_k=K, max_steps=1, learning_rate=0.0, generation_kwargs=sampling))
-    calls, generate = [], trainer.vllm_generation.llm.generate
-
-    def recording(prompts, sampling_params, **kwargs):
-        calls.append(sampling_params.max_tokens)
-        return generate(prompts, sampling_params=sampling_params, **kwargs)
-
-    def no_hf_generate(*args, **kwargs):
-        raise AssertionError("a vLLM run fell back to HF generate")
-
-    monkeypatch.setattr(trainer.vllm_generation.llm, "generate", recording)
-    monkeypatch.setattr(trainer.accelerator.unwrap_model(trainer.model), "generate", no_hf_generate)
+    calls = engine_calls(trainer)
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
     trainer.train()
 

@@ -16,7 +16,7 @@ def engine_model(trainer):
     return trainer.vllm_generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
 
 
-def engine_calls(trainer) -> list[bool]:
+def engine_weights_finite(trainer) -> list[bool]:
     """For each `LLM.generate` call, whether the engine's weights were all finite when it sampled."""
     calls, llm, model = [], trainer.vllm_generation.llm, engine_model(trainer)
     generate = llm.generate
@@ -56,7 +56,7 @@ def test_a_huge_learning_rate_on_vllm_stops_and_names_the_last_good_checkpoint(
     """lr 1e15 at step 3 leaves finite weights whose logits overflow: vLLM samples from them without crashing, the next
     steps' losses are non-finite and skipped, and the run stops naming checkpoint-2, as on the HF path."""
     trainer = make_vllm_trainer(saving_args(max_consecutive_nonfinite_steps=2), callbacks=[LearningRateJump(3, 1e15)])
-    calls = engine_calls(trainer)
+    calls = engine_weights_finite(trainer)
     with pytest.raises(RuntimeError, match="Training stopped at step 5: the last 2 steps had a non-finite") as error:
         trainer.train()
     out = tmp_path / "out"
@@ -69,7 +69,7 @@ def test_a_huge_learning_rate_on_vllm_stops_and_names_the_last_good_checkpoint(
 
 def test_nan_weights_on_vllm_stop_before_they_reach_the_engine(saving_args, make_vllm_trainer, tmp_path):
     trainer = make_vllm_trainer(saving_args(), callbacks=[LearningRateJump(3, float("nan"))])
-    calls = engine_calls(trainer)
+    calls = engine_weights_finite(trainer)
     with pytest.raises(RuntimeError, match="stopped at step 3: the update left non-finite weights") as error:
         trainer.train()
     assert f"Resume from {tmp_path / 'out' / 'checkpoint-2'}" in str(error.value)
@@ -103,7 +103,7 @@ def test_a_sync_that_leaves_the_engine_non_finite_stops_without_training_on_its_
 
     model.load_weights = poisoned_load
     trainer.vllm_generation.sync_weights = counting_sync
-    calls = engine_calls(trainer)
+    calls = engine_weights_finite(trainer)
     weights_after_step_2 = {}
 
     class Snapshot(TrainerCallback):

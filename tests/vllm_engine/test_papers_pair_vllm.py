@@ -26,7 +26,7 @@ def _model(tokenizer, architecture: str, seed: int, **shape):
     return model
 
 
-def test_the_papers_pair_trains_on_vllm_rollouts_on_the_fast_path(vocabularies, make_vllm_args, tmp_path, monkeypatch):
+def test_the_papers_pair_trains_on_vllm_rollouts(vocabularies, make_vllm_args, tmp_path, engine_calls):
     student_tokenizer, teacher_tokenizer = vocabularies["qwen2.5"], vocabularies["qwen3"]
     models = {
         "student": _model(student_tokenizer, "qwen2", seed=0, hidden_size=64, num_heads=2),  # a head size vLLM has
@@ -42,17 +42,7 @@ def test_the_papers_pair_trains_on_vllm_rollouts_on_the_fast_path(vocabularies, 
         processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
     )  # fmt: skip
     assert trainer._pairing.mode == "same"
-    calls, generate = [], trainer.vllm_generation.llm.generate
-
-    def recording(prompts, sampling_params, **kwargs):
-        calls.append(sampling_params.max_tokens)
-        return generate(prompts, sampling_params=sampling_params, **kwargs)
-
-    def no_hf_generate(*args, **kwargs):
-        raise AssertionError("a vLLM run fell back to HF generate")
-
-    monkeypatch.setattr(trainer.vllm_generation.llm, "generate", recording)
-    monkeypatch.setattr(trainer.accelerator.unwrap_model(trainer.model), "generate", no_hf_generate)
+    calls = engine_calls(trainer)
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
     trainer.train()
     assert calls == [K]  # one engine call, capped at k
