@@ -2,7 +2,21 @@
 serves."""
 
 import torch
+from helpers import question_prompts
 from vllm import SamplingParams
+
+from trl_esr import ESRDistillTrainer
+
+
+def pair_trainer(paths, student_tokenizer, teacher_tokenizer, args, mode: str) -> ESRDistillTrainer:
+    """A trainer of a saved student/teacher pair (`helpers.tiny_pair`) with their own tokenizers on the four question
+    prompts, its pairing mode (`"same"`, `"aligned"`, ...) checked."""
+    trainer = ESRDistillTrainer(
+        model=paths["student"], teacher_model=paths["teacher"], args=args, train_dataset=question_prompts(),
+        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
+    )  # fmt: skip
+    assert trainer._pairing.mode == mode
+    return trainer
 
 
 def greedy(trainer, prompts: list[list[int]], eos: int, steps: int = 12):

@@ -5,9 +5,8 @@ each model's own forward (`helpers.own_forward_logits`) on a pairing built from 
 
 import pytest
 import torch
-from helpers import DivergenceSpy, own_forward_logits, question_prompts, record_batches, tiny_pair
-
-from trl_esr import ESRDistillTrainer
+from engine_checks import pair_trainer
+from helpers import DivergenceSpy, own_forward_logits, record_batches, tiny_pair
 
 
 # Whole-word tokens both byte-level vocabularies spell alike, so the teacher reads each as one token
@@ -42,11 +41,7 @@ def test_vllm_rollouts_of_a_llama3_student_train_against_a_qwen3_teacher(
     allowed = {student_tokenizer.convert_tokens_to_ids(word) for word in WORDS}
     sampling = {"allowed_token_ids": sorted(allowed)}  # vLLM's: only these words, never EOS
     args = make_vllm_args(esr_k=K, max_steps=1, learning_rate=0.0, generation_kwargs=sampling)
-    trainer = ESRDistillTrainer(
-        model=paths["student"], teacher_model=paths["teacher"], args=args, train_dataset=question_prompts(),
-        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
-    )  # fmt: skip
-    assert trainer._pairing.mode == "aligned"
+    trainer = pair_trainer(paths, student_tokenizer, teacher_tokenizer, args, mode="aligned")
     calls = engine_calls(trainer)
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
     trainer.train()

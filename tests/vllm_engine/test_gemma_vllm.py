@@ -8,11 +8,9 @@ each model's own HF forward, and a shared vocabulary built from the pieces' stri
 
 import pytest
 import torch
-from engine_checks import greedy
+from engine_checks import greedy, pair_trainer
 from gemma_models import gemma_models, sentencepiece_string_pairs, shared_vocabulary_kl
-from helpers import QUESTIONS, DivergenceSpy, own_forward_logits, question_prompts, record_batches, tiny_pair
-
-from trl_esr import ESRDistillTrainer
+from helpers import QUESTIONS, DivergenceSpy, own_forward_logits, record_batches, tiny_pair
 
 
 WORDS = ["▁The", "▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁answer", "▁is"]  # whole words in both vocabularies
@@ -31,14 +29,9 @@ def gemma_pair(vocabularies, tmp_path_factory):
     return paths, student_tokenizer, teacher_tokenizer, allowed
 
 
-def _trainer(gemma_pair, args) -> ESRDistillTrainer:
+def _trainer(gemma_pair, args):
     paths, student_tokenizer, teacher_tokenizer, _ = gemma_pair
-    trainer = ESRDistillTrainer(
-        model=paths["student"], teacher_model=paths["teacher"], args=args, train_dataset=question_prompts(),
-        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
-    )  # fmt: skip
-    assert trainer._pairing.mode == "aligned"
-    return trainer
+    return pair_trainer(paths, student_tokenizer, teacher_tokenizer, args, mode="aligned")
 
 
 def test_vllm_rollouts_of_a_gemma2_student_train_against_a_gemma3_teacher(gemma_pair, make_vllm_args, engine_calls):

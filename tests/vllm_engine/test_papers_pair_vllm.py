@@ -7,10 +7,10 @@ against a reverse KL computed by hand from each model's own forward over both fu
 
 import pytest
 import torch
-from helpers import QUESTIONS, DivergenceSpy, question_prompts, record_batches, tiny_pair
+from engine_checks import pair_trainer
+from helpers import QUESTIONS, DivergenceSpy, record_batches, tiny_pair
 from real_tokenizers import QWEN_HEAD_ROWS
 
-from trl_esr import ESRDistillTrainer
 from trl_esr.demo.tiny_models import build_tiny_causal_lm
 
 
@@ -37,11 +37,7 @@ def test_the_papers_pair_trains_on_vllm_rollouts(vocabularies, make_vllm_args, t
     view = dict(teacher_chat_template="teacher", teacher_chat_template_kwargs={"enable_thinking": False})
     args = make_vllm_args(esr_k=K, max_steps=1, learning_rate=0.0, generation_kwargs={"allowed_token_ids": allowed},
                           **view)  # fmt: skip
-    trainer = ESRDistillTrainer(
-        model=paths["student"], teacher_model=paths["teacher"], args=args, train_dataset=question_prompts(),
-        processing_class=student_tokenizer, teacher_processing_class=teacher_tokenizer,
-    )  # fmt: skip
-    assert trainer._pairing.mode == "same"
+    trainer = pair_trainer(paths, student_tokenizer, teacher_tokenizer, args, mode="same")
     calls = engine_calls(trainer)
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)
     trainer.train()
