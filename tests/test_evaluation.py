@@ -7,7 +7,14 @@ import pytest
 from datasets import Dataset
 
 from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
-from trl_esr.evaluation import answers_match, boxed_answers, extract_answer, normalize_answer, score_responses
+from trl_esr.evaluation import (
+    answers_match,
+    boxed_answers,
+    extract_answer,
+    length_stats,
+    normalize_answer,
+    score_responses,
+)
 from trl_esr.inference import InferenceModelConfig
 from trl_esr.scripts.evaluate_boxed import EvaluateArguments, evaluate, main
 
@@ -88,6 +95,7 @@ def test_avg_and_pass_at_n_on_a_hand_made_table():
     assert scores["avg@4"] == pytest.approx(100 * 6 / 12)
     assert scores["pass@4"] == pytest.approx(100 * 2 / 3)
     assert scores["no_box"] == pytest.approx(100 * 1 / 12)
+    assert scores["multi_box"] == pytest.approx(100 * 1 / 12)  # "so \boxed{1} no, \boxed{2}"
     # reading the first box instead changes the third response of problem 1
     assert score_responses(responses, ["2", "7", r"\frac{1}{2}"], answer_from="first")["avg@4"] == pytest.approx(
         100 * 5 / 12
@@ -107,8 +115,34 @@ def test_scores_a_responses_file(tmp_path):
     path.write_text("\n".join(json.dumps(row) for row in rows))
     out = tmp_path / "scored.jsonl"
     scores = evaluate(EvaluateArguments(responses_file=str(path), output_file=str(out)), InferenceModelConfig())
-    assert scores == {"n": 2, "problems": 2, "avg@2": 25.0, "pass@2": 50.0, "no_box": 50.0}
+    assert scores == {"n": 2, "problems": 2, "avg@2": 25.0, "pass@2": 50.0, "no_box": 50.0, "multi_box": 0.0}
     assert [json.loads(line)["extracted"] for line in out.read_text().splitlines()] == [["4", "5"], [None, None]]
+
+
+def test_length_stats_by_hand():
+    stats = length_stats([[3, 10], [7, 10]], [[False, True], [False, True]])
+    assert stats == {"median_tokens": 8.5, "mean_tokens": 7.5, "truncated": 50.0}
+    with pytest.raises(ValueError, match="one per response"):
+        length_stats([[3, 10]], [[False]])
+
+
+def test_a_saved_file_with_lengths_is_scored_with_them(tmp_path):
+    """`--output_file` keeps each response's length and truncation flag, and rescoring the file reads them back."""
+    rows = [
+        {"answer": "4", "responses": [r"\boxed{4} \boxed{4}", "x"], "num_tokens": [5, 9], "truncated": [False, True]},
+        {"answer": "1", "responses": [r"\boxed{1}", "y"], "num_tokens": [2, 9], "truncated": [False, True]},
+    ]
+    path = tmp_path / "responses.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    out = tmp_path / "rescored.jsonl"
+    scores = evaluate(EvaluateArguments(responses_file=str(path), output_file=str(out)), InferenceModelConfig())
+    assert (scores["multi_box"], scores["median_tokens"], scores["mean_tokens"], scores["truncated"]) == (
+        25.0, 7.0, 6.25, 50.0,
+    )  # fmt: skip
+    assert [json.loads(line)["num_tokens"] for line in out.read_text().splitlines()] == [[5, 9], [2, 9]]
+    rows[1].pop("truncated")  # one row without them (written by hand, or before they were kept): no lengths at all
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    assert "median_tokens" not in evaluate(EvaluateArguments(responses_file=str(path)), InferenceModelConfig())
 
 
 def test_generates_with_a_tiny_model(tokenizer, tmp_path):
@@ -122,6 +156,13 @@ def test_generates_with_a_tiny_model(tokenizer, tmp_path):
     assert scores["n"] == 3 and scores["problems"] == 2 and 0 <= scores["avg@3"] <= scores["pass@3"] <= 100
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [len(row["responses"]) for row in rows] == [3, 3]
+    # the printed lengths are the rows'; a response has at least as many tokens as words (special tokens sampled at
+    # T = 0.7 are not written), and only one with all 5 is cut (EOS at the 5th leaves 4)
+    lengths = [n for row in rows for n in row["num_tokens"]]
+    assert all(n >= len(r.split()) for row in rows for n, r in zip(row["num_tokens"], row["responses"], strict=True))
+    assert [t for row in rows for t in row["truncated"]] == [n == 5 for n in lengths]
+    assert scores["mean_tokens"] == pytest.approx(sum(lengths) / 6)
+    assert scores["truncated"] == pytest.approx(100 * sum(n == 5 for n in lengths) / 6)
 
 
 # Issue 13: no finished work is discarded. Each batch's rows reach `--output_file` when the batch is done; a crash or
@@ -235,7 +276,26 @@ def test_batched_greedy_generation_matches_one_prompt_at_a_time(tokenizer):
         output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
                                 pad_token_id=tokenizer.eos_token_id)  # fmt: skip
         alone.append([tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)])
-    assert batched == alone
+    assert [[r.text for r in rs] for rs in batched] == alone
+    assert all(r.num_tokens == 4 and r.truncated for rs in batched for r in rs)  # this random model writes no EOS
+
+
+def test_response_lengths_stop_before_the_first_eos_of_the_generation_config(tokenizer):
+    """A response's `num_tokens` counts the tokens before the first EOS of the model's generation config (a list,
+    as Llama-3-Instruct's), and only a response without one is `truncated`: checked against the words of responses
+    generated without that EOS (greedy, so they share the prefix up to it)."""
+    from trl_esr.evaluation import chat_prompts, generate_hf
+
+    model = build_tiny_causal_lm(tokenizer, "llama", hidden_size=32).eval()
+    prompts = chat_prompts(tokenizer, ["w1", "w2 w3 w4 w5 w6", "w7 w8", "w9 w1 w1"], None)
+    free = [rs[0].text.split() for rs in generate_hf(model, tokenizer, prompts, 1, 0, 1.0, 8, batch_size=4)]
+    assert all(len(words) == 8 for words in free)  # no EOS in 8 tokens
+    stop = free[0][3]  # a word the first response writes at its 4th token: it ends there, others maybe elsewhere
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(stop)]
+    stopped = [rs[0] for rs in generate_hf(model, tokenizer, prompts, 1, 0, 1.0, 8, batch_size=4)]
+    expected = [words.index(stop) if stop in words else 8 for words in free]
+    assert [r.num_tokens for r in stopped] == expected and expected[0] <= 3
+    assert [r.truncated for r in stopped] == [stop not in words for words in free]
 
 
 # The command: `trl-esr evaluate`, TRL-shaped (`EvaluateArguments` + TRL's `ModelConfig`, parsed by `TrlParser`).

@@ -12,13 +12,22 @@ both are the same rational number (`\frac{1}{2}`, `1/2`, `0.5`). It is a string 
 
 Scoring needs no model: `score_responses(responses, references)` on any list of responses. To generate them,
 `chat_prompts` renders each problem the way the trainer renders prompts (`trl_esr.prompts`), and `generate_hf` /
-`generate_vllm` sample n responses per prompt. The command (`trl-esr evaluate`, `examples/scripts/evaluate_boxed.py`)
-is `trl_esr/scripts/evaluate_boxed.py`: it adds the dataset, the model loading, and what a long run needs (inputs
-checked before the model loads, responses written batch by batch).
+`generate_vllm` sample n responses per prompt, each a `Response` (its text and its length in tokens).
+
+Next to the accuracy, the scores hold the paper's signs of a degenerating run: the share of responses with several
+`\boxed{}` (89 % of a degraded full-rollout run's responses in the paper) and the response lengths (`length_stats`:
+median, mean and the share cut at `max_new_tokens`; the paper's ESR responses had a median of ~380 tokens, full
+rollout's ~1,530).
+
+The command (`trl-esr evaluate`, `examples/scripts/evaluate_boxed.py`) is `trl_esr/scripts/evaluate_boxed.py`: it adds
+the dataset, the model loading, and what a long run needs (inputs checked before the model loads, responses written
+batch by batch).
 """
 
 import re
+import statistics
 from fractions import Fraction
+from typing import NamedTuple
 
 
 # Scoring
@@ -126,11 +135,35 @@ def score_responses(responses: list[list[str]], references: list[str], answer_fr
         "no_box": 100
         * sum(extract_answer(r, answer_from) is None for rs in responses for r in rs)
         / (n * len(correct)),
+        "multi_box": 100 * sum(len(boxed_answers(r)) > 1 for rs in responses for r in rs) / (n * len(correct)),
         "correct": correct,
     }
 
 
+def length_stats(num_tokens: list[list[int]], truncated: list[list[bool]]) -> dict:
+    """Median and mean response length in tokens, and the share (%) of responses cut at `max_new_tokens`."""
+    lengths, cut = [t for ts in num_tokens for t in ts], [c for cs in truncated for c in cs]
+    if not lengths or len(lengths) != len(cut):
+        raise ValueError(
+            f"Got {len(lengths)} response lengths and {len(cut)} truncation flags; need one per response."
+        )
+    return {
+        "median_tokens": statistics.median(lengths),
+        "mean_tokens": statistics.fmean(lengths),
+        "truncated": 100 * sum(cut) / len(cut),
+    }
+
+
 # Generation
+
+
+class Response(NamedTuple):
+    """One generated response: its text (special tokens skipped), its length in tokens (the stop token, EOS, not
+    counted) and whether generation cut it (no EOS before `max_new_tokens`)."""
+
+    text: str
+    num_tokens: int
+    truncated: bool
 
 
 def chat_prompts(tokenizer, problems: list[str], system_prompt: str | None) -> list[str]:
@@ -145,7 +178,7 @@ def chat_prompts(tokenizer, problems: list[str], system_prompt: str | None) -> l
 
 
 def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                batch_size: int = 8, on_batch=None) -> list[list[str]]:  # fmt: skip
+                batch_size: int = 8, on_batch=None) -> list[list[Response]]:  # fmt: skip
     """n sampled responses per prompt with HF `generate` (greedy when `temperature` is 0). `on_batch(start, batch)`,
     if given, is called after each batch of prompts with the index of its first prompt and its responses."""
     import torch
@@ -154,6 +187,9 @@ def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float
 
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos  # what `generate` stops at: the generation config's EOS
+    eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=torch.long, device=model.device)
     responses = []
     for start in range(0, len(prompts), batch_size):
         ids = tokenizer(prompts[start : start + batch_size], add_special_tokens=False)["input_ids"]  # rendered text
@@ -163,15 +199,20 @@ def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float
                 input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_token_id,
                 max_new_tokens=max_new_tokens, num_return_sequences=n, **sampling,
             )  # fmt: skip
-        texts = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
-        responses += [texts[i : i + n] for i in range(0, len(texts), n)]
+        completions = output[:, input_ids.shape[1] :]  # (b * n, <= max_new_tokens), padded after each EOS
+        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        is_eos = torch.isin(completions, eos_ids)
+        ended = is_eos.any(dim=1)  # a response without EOS ran to max_new_tokens (`generate` ran that long)
+        lengths = torch.where(ended, is_eos.int().argmax(dim=1), completions.shape[1])  # tokens before the first EOS
+        batch = [Response(t, int(length), not bool(e)) for t, length, e in zip(texts, lengths, ended, strict=True)]
+        responses += [batch[i : i + n] for i in range(0, len(batch), n)]
         if on_batch is not None:
             on_batch(start, responses[start:])
     return responses
 
 
 def generate_vllm(model_name_or_path: str, prompts: list[str], n: int, temperature: float, top_p: float,
-                  max_new_tokens: int, **llm_kwargs) -> list[list[str]]:  # fmt: skip
+                  max_new_tokens: int, **llm_kwargs) -> list[list[Response]]:  # fmt: skip
     """n sampled responses per prompt with vLLM, in one engine call; `llm_kwargs` go to `vllm.LLM` (e.g. `dtype`,
     `revision`). `tests/vllm_engine/test_evaluation_vllm.py` checks it against `generate_hf` (greedy, vLLM's CPU
     build)."""
@@ -179,4 +220,12 @@ def generate_vllm(model_name_or_path: str, prompts: list[str], n: int, temperatu
 
     llm = LLM(model=model_name_or_path, **llm_kwargs)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
-    return [[c.text for c in out.outputs] for out in llm.generate(prompts, params)]
+    return [[_vllm_response(c) for c in out.outputs] for out in llm.generate(prompts, params)]
+
+
+def _vllm_response(completion) -> Response:
+    """A vLLM `CompletionOutput` as a `Response`: vLLM keeps the EOS (or stop token id) that ended it in `token_ids`;
+    "length" means the cap (or the context) cut it."""
+    stopped_by_token = completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str)
+    num_tokens = len(completion.token_ids) - int(stopped_by_token)
+    return Response(completion.text, num_tokens, completion.finish_reason == "length")

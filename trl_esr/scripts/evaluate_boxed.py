@@ -25,7 +25,11 @@ trl-esr evaluate --model_name_or_path merged-model --use_vllm
 trl-esr evaluate --responses_file math500_samples.jsonl --answer_from first
 ```
 
-Exit codes: 0 = scored (the scores are printed as JSON); 2 = bad input, one line naming the option; 1 = a crash and
+The scores (printed as JSON): `avg@n`, `pass@n`, `no_box` and `multi_box` (% of responses without a box, with several:
+the paper's sign of a degenerating run), and for generated responses `median_tokens`, `mean_tokens` and `truncated`
+(% cut at `--max_new_tokens`).
+
+Exit codes: 0 = scored; 2 = bad input, one line naming the option; 1 = a crash and
 130 = Ctrl-C while generating, the last line saying where the finished problems are.
 """
 
@@ -38,7 +42,16 @@ from pathlib import Path
 from trl import ModelConfig, TrlParser
 
 from .. import inference
-from ..evaluation import answers_match, chat_prompts, extract_answer, generate_hf, generate_vllm, score_responses
+from ..evaluation import (
+    Response,
+    answers_match,
+    chat_prompts,
+    extract_answer,
+    generate_hf,
+    generate_vllm,
+    length_stats,
+    score_responses,
+)
 from ..inference import InferenceModelConfig
 from ..jsonl import JSONLineError, json_lines
 
@@ -117,10 +130,10 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
         rows = _read_responses_file(script_args.responses_file)
         problems = [row.get("problem", "") for row in rows]
         references, responses = [row["answer"] for row in rows], [row["responses"] for row in rows]
-        scores = score_responses(responses, references, script_args.answer_from)
+        lengths = _saved_lengths(rows)
         if script_args.output_file is not None:  # written after reading: it may be the `--responses_file` itself
-            ResultRows(script_args.output_file, script_args.answer_from).add(problems, references, responses)
-        return {key: value for key, value in scores.items() if key != "correct"}
+            ResultRows(script_args.output_file, script_args.answer_from).add(problems, references, responses, *lengths)
+        return _scores(responses, references, script_args.answer_from, *lengths)
 
     from transformers import set_seed
 
@@ -134,22 +147,46 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
     sampling = (script_args.n, script_args.temperature, script_args.top_p, script_args.max_new_tokens)
     try:
         if script_args.use_vllm:  # one engine call for all prompts
-            responses = generate_vllm(name, prompts, *sampling, dtype=model_args.dtype or "auto", revision=revision)
-            rows.add(problems, references, responses)
+            generated = generate_vllm(name, prompts, *sampling, dtype=model_args.dtype or "auto", revision=revision)
+            rows.add(problems, references, *_columns(generated))
         else:
 
-            def save(start: int, batch: list[list[str]]) -> None:
+            def save(start: int, batch: list[list[Response]]) -> None:
                 end = start + len(batch)
-                rows.add(problems[start:end], references[start:end], batch)
+                rows.add(problems[start:end], references[start:end], *_columns(batch))
 
-            responses = generate_hf(
+            generated = generate_hf(
                 model, tokenizer, prompts, *sampling, batch_size=script_args.batch_size, on_batch=save
             )
     except BaseException as error:  # KeyboardInterrupt too: say what was kept, then let it propagate
         error.add_note(rows.kept(len(problems)))
         raise
-    scores = score_responses(responses, references, script_args.answer_from)
-    return {key: value for key, value in scores.items() if key != "correct"}
+    texts, num_tokens, truncated = _columns(generated)
+    return _scores(texts, references, script_args.answer_from, num_tokens, truncated)
+
+
+def _columns(responses: list[list[Response]]) -> tuple[list[list[str]], list[list[int]], list[list[bool]]]:
+    """Texts, lengths in tokens and truncation flags of each problem's responses, as `--output_file` keeps them."""
+    return tuple([[getattr(r, name) for r in rs] for rs in responses] for name in Response._fields)
+
+
+def _scores(responses, references, answer_from, num_tokens=None, truncated=None) -> dict:
+    """What the command prints: accuracy and box counts, and the response lengths when they are known."""
+    scores = score_responses(responses, references, answer_from)
+    del scores["correct"]
+    return scores if num_tokens is None else {**scores, **length_stats(num_tokens, truncated)}
+
+
+def _saved_lengths(rows: list[dict]) -> tuple:
+    """The lengths and truncation flags of a `--responses_file`, if every row has them (rows that `--output_file`
+    wrote from generated responses do); else `(None, None)`: the scores then leave the lengths out."""
+    if all(
+        isinstance(row.get(key), list) and len(row[key]) == len(row["responses"])
+        for row in rows
+        for key in ("num_tokens", "truncated")
+    ):
+        return [row["num_tokens"] for row in rows], [row["truncated"] for row in rows]
+    return None, None
 
 
 def validate_arguments(script_args: EvaluateArguments, model_args: ModelConfig) -> None:
@@ -232,13 +269,16 @@ class ResultRows:
         if path is not None:
             open(path, "w").close()
 
-    def add(self, problems: list[str], references: list[str], responses: list[list[str]]) -> None:
+    def add(self, problems: list[str], references: list[str], responses: list[list[str]],
+            num_tokens: list[list[int]] | None = None, truncated: list[list[bool]] | None = None) -> None:  # fmt: skip
         new = []
-        for problem, reference, rs in zip(problems, references, responses, strict=True):
+        for i, (problem, reference, rs) in enumerate(zip(problems, references, responses, strict=True)):
             answers = [extract_answer(r, self.answer_from) for r in rs]
             correct = [answers_match(answer, reference) for answer in answers]
             new.append({"problem": problem, "answer": reference, "responses": rs, "extracted": answers,
                         "correct": correct})  # fmt: skip
+            if num_tokens is not None:
+                new[-1].update(num_tokens=num_tokens[i], truncated=truncated[i])
         self.rows += new
         if self.path is not None:
             with open(self.path, "a") as f:
