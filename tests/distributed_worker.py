@@ -15,8 +15,9 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from helpers import DivergenceSpy, record_batches  # noqa: E402
 
-from trl_esr import ESRConfig, ESRDistillTrainer  # noqa: E402
+from trl_esr import BoxedAccuracyCallback, ESRConfig, ESRDistillTrainer, boxed_eval  # noqa: E402
 from trl_esr.demo.tiny_models import build_word_tokenizer  # noqa: E402
+from trl_esr.evaluation import generate_hf  # noqa: E402
 
 
 def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1: str = "", alignment="auto") -> None:
@@ -38,9 +39,19 @@ def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1
         processing_class=tokenizer,
     )
     spy, batches = DivergenceSpy(trainer), record_batches(trainer)  # the aligned path goes through it too
+    # 5 problems: shares of 3 (rank 0) and 2 (rank 1), measured after the last step, greedy
+    problems = [" ".join(f"w{j}" for j in range(i, i + 1 + i % 3)) for i in range(5)]
+    boxed = BoxedAccuracyCallback(trainer, problems, [str(i) for i in range(5)], every_n_steps=2, system_prompt=None)
+    trainer.add_callback(boxed)
+    shares = []  # the prompts this rank's measurement generated
+    boxed_eval.generate_hf = lambda model, tok, prompts, *a, **kw: (
+        shares.append(prompts) or generate_hf(model, tok, prompts, *a, **kw)
+    )
     initial = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
     trainer.train()
     final = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    student = trainer.accelerator.unwrap_model(trainer.model).eval()
+    alone = generate_hf(student, tokenizer, boxed.prompts, 1, 0.0, 1.0, args.max_completion_length)  # all 5 here
     report = {
         "world_size": trainer.accelerator.num_processes,
         "rank": trainer.accelerator.process_index,
@@ -51,6 +62,11 @@ def main(models_dir: str, output_dir: str, loss_normalization: str, eos_on_rank1
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
         "moved": (final - initial).abs().max().item(),
         "final_params": final.tolist()[:2000],
+        "boxed_history": boxed.history,
+        "boxed_logged": [e["boxed/mean_tokens"] for e in trainer.state.log_history if "boxed/mean_tokens" in e],
+        "boxed_responses": boxed.responses,  # gathered from both ranks
+        "boxed_alone": alone,  # this rank's own generation of every problem
+        "boxed_share": [boxed.prompts.index(prompt) for prompts in shares for prompt in prompts],
     }
     with open(os.path.join(output_dir, f"rank{report['rank']}.json"), "w") as f:
         json.dump(report, f)

@@ -48,3 +48,12 @@ def test_two_processes_share_normaliser_and_gradients(
     assert all(math.isfinite(loss) for r in ranks for loss in r["losses"])
     assert ranks[0]["moved"] > 0
     assert ranks[0]["final_params"] == ranks[1]["final_params"]  # gradients were all-reduced
+    # BoxedAccuracyCallback: each rank generated its share (3 + 2 problems), and the gathered responses are every
+    # problem's, in order, as one process generates them all on the same weights (tests/test_boxed_eval.py checks the
+    # scores themselves)
+    for r in ranks:
+        assert r["boxed_responses"] == r["boxed_alone"] and len(r["boxed_alone"]) == 5
+        assert [step for step, _ in r["boxed_history"]] == [2]
+        assert r["boxed_logged"] == [r["boxed_history"][0][1]["mean_tokens"]]
+    assert ranks[0]["boxed_history"] == ranks[1]["boxed_history"]
+    assert [r["boxed_share"] for r in ranks] == [[0, 1, 2], [3, 4]]

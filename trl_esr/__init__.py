@@ -11,9 +11,16 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 
-__all__ = ["ESRConfig", "ESRDistillTrainer", "esr_k_at_step", "__version__"]
+__all__ = ["BoxedAccuracyCallback", "ESRConfig", "ESRDistillTrainer", "esr_k_at_step", "__version__"]
 
 # Imported on first use (PEP 562), so that `trl-esr --help` does not pay for torch, transformers and TRL.
 __getattr__, __dir__ = lazy_exports(
-    __name__, globals(), {"ESRConfig": ".config", "ESRDistillTrainer": ".trainer", "esr_k_at_step": ".schedule"}
+    __name__,
+    globals(),
+    {
+        "BoxedAccuracyCallback": ".boxed_eval",
+        "ESRConfig": ".config",
+        "ESRDistillTrainer": ".trainer",
+        "esr_k_at_step": ".schedule",
+    },
 )

@@ -30,6 +30,10 @@ from fractions import Fraction
 from typing import NamedTuple
 
 
+# The paper's system prompt: step-by-step reasoning, the final answer in `\boxed{}`.
+PAPER_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
 # Scoring
 
 
@@ -152,6 +156,15 @@ def length_stats(num_tokens: list[list[int]], truncated: list[list[bool]]) -> di
         "mean_tokens": statistics.fmean(lengths),
         "truncated": 100 * sum(cut) / len(cut),
     }
+
+
+def score_generated(responses: list[list["Response"]], references: list[str], answer_from: str = "last") -> dict:
+    """`score_responses` and `length_stats` of generated responses, without the per-response `correct` table: what
+    `trl-esr evaluate` prints and `BoxedAccuracyCallback` logs."""
+    scores = score_responses([[r.text for r in rs] for rs in responses], references, answer_from)
+    del scores["correct"]
+    lengths = [[r.num_tokens for r in rs] for rs in responses], [[r.truncated for r in rs] for rs in responses]
+    return {**scores, **length_stats(*lengths)}
 
 
 # Generation

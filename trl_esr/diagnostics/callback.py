@@ -26,12 +26,19 @@ DEFAULT_EVERY_N_STEPS = _CONFIG_DEFAULTS["esr_diagnostics_steps"]
 DEFAULT_NUM_ROLLOUTS = _CONFIG_DEFAULTS["esr_diagnostics_num_rollouts"]
 
 
+def sharded_student(trainer) -> bool:
+    """Whether the student's weights are sharded across processes (FSDP, DeepSpeed ZeRO-3): then no process can run
+    `generate` on its own copy, as the measuring callbacks do."""
+    return bool(
+        trainer.is_fsdp_enabled
+        or (trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)
+    )
+
+
 def unavailable_reason(trainer) -> str | None:
     """Why the callback cannot measure on `trainer`, or `None` if it can. `ESRDistillTrainer` leaves the callback off
     (with a warning) for these; built by hand, the callback refuses them."""
-    if trainer.is_fsdp_enabled or (
-        trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
-    ):
+    if sharded_student(trainer):
         return "the student is sharded (FSDP or DeepSpeed ZeRO-3), and each process generates with its own copy"
     dataset = trainer.train_dataset
     if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):

@@ -43,6 +43,7 @@ from trl import ModelConfig, TrlParser
 
 from .. import inference
 from ..evaluation import (
+    PAPER_SYSTEM_PROMPT,
     Response,
     answers_match,
     chat_prompts,
@@ -50,6 +51,7 @@ from ..evaluation import (
     generate_hf,
     generate_vllm,
     length_stats,
+    score_generated,
     score_responses,
 )
 from ..inference import InferenceModelConfig
@@ -65,7 +67,7 @@ class EvaluateArguments:
     problem_column: str = field(default="problem", metadata={"help": "Column holding the problem."})
     answer_column: str = field(default="answer", metadata={"help": "Column holding the reference answer."})
     system_prompt: str | None = field(
-        default="Please reason step by step, and put your final answer within \\boxed{}.",
+        default=PAPER_SYSTEM_PROMPT,
         metadata={"help": "System message; use the one the model was trained with."},
     )
     n: int = field(default=4, metadata={"help": "Responses per problem (the paper: avg@4 / pass@4)."})
@@ -133,7 +135,9 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
         lengths = _saved_lengths(rows)
         if script_args.output_file is not None:  # written after reading: it may be the `--responses_file` itself
             ResultRows(script_args.output_file, script_args.answer_from).add(problems, references, responses, *lengths)
-        return _scores(responses, references, script_args.answer_from, *lengths)
+        scores = score_responses(responses, references, script_args.answer_from)
+        del scores["correct"]
+        return scores if lengths[0] is None else {**scores, **length_stats(*lengths)}
 
     from transformers import set_seed
 
@@ -161,20 +165,12 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
     except BaseException as error:  # KeyboardInterrupt too: say what was kept, then let it propagate
         error.add_note(rows.kept(len(problems)))
         raise
-    texts, num_tokens, truncated = _columns(generated)
-    return _scores(texts, references, script_args.answer_from, num_tokens, truncated)
+    return score_generated(generated, references, script_args.answer_from)
 
 
 def _columns(responses: list[list[Response]]) -> tuple[list[list[str]], list[list[int]], list[list[bool]]]:
     """Texts, lengths in tokens and truncation flags of each problem's responses, as `--output_file` keeps them."""
     return tuple([[getattr(r, name) for r in rs] for rs in responses] for name in Response._fields)
-
-
-def _scores(responses, references, answer_from, num_tokens=None, truncated=None) -> dict:
-    """What the command prints: accuracy and box counts, and the response lengths when they are known."""
-    scores = score_responses(responses, references, answer_from)
-    del scores["correct"]
-    return scores if num_tokens is None else {**scores, **length_stats(num_tokens, truncated)}
 
 
 def _saved_lengths(rows: list[dict]) -> tuple:
