@@ -105,6 +105,29 @@ def test_lora_from_the_command_line(llama_paths, chat_dataset_dir, tokenizer, tm
     assert [entry["esr/k"] for entry in state["log_history"] if "esr/k" in entry] == [4.0, 4.0]
 
 
+def test_boxed_scores_logged_during_training(llama_paths, chat_dataset_dir, tokenizer, tmp_path):
+    """`--boxed_eval_dataset_name` (a local MATH-style file) adds `BoxedAccuracyCallback`: its scores are in the saved
+    log history at every `--boxed_eval_steps`, from full-length responses (`max_completion_length`, not `esr_k`) to
+    prompts with the training system prompt."""
+    from trl_esr import BoxedAccuracyCallback
+    from trl_esr.evaluation import chat_prompts
+
+    problems = ["w1 w2", "w3 w4 w5", "w6"]
+    Dataset.from_dict({"problem": problems, "answer": ["1", "2", "3"]}).to_json(tmp_path / "math.jsonl")
+    out = tmp_path / "run"
+    boxed = ["--boxed_eval_dataset_name", str(tmp_path / "math.jsonl"), "--boxed_eval_steps", "1"]
+    argv = script_argv(llama_paths, out, tokenizer.eos_token_id, "--dataset_name", chat_dataset_dir, "--system_prompt",
+                       SYSTEM, *boxed)  # fmt: skip
+    trainer = run_script(argv)
+    [callback] = [c for c in trainer.callback_handler.callbacks if isinstance(c, BoxedAccuracyCallback)]
+    assert callback.prompts == chat_prompts(tokenizer, problems, SYSTEM) and callback.sampling[3] == 8
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "boxed/avg@1" in e] == [1, 2]
+    assert [e["boxed/mean_tokens"] for e in state["log_history"] if "boxed/avg@1" in e] == [
+        scores["mean_tokens"] for _, scores in callback.history
+    ]
+
+
 def test_yaml_config_with_command_line_override(llama_paths, tokenizer, tmp_path):
     """Local files with a `problem` column, the system prompt and the ESR options from `--config`; `--max_steps` on
     the command line overrides the file."""
@@ -315,6 +338,7 @@ def test_bad_train_options_fail_in_one_line_before_loading(llama_paths, chat_dat
     (tmp_path / "broken.jsonl").write_text('{"prompt": "w1"}\n{"prompt": "w2"\n')
     (tmp_path / "recipe.yaml").write_text("esr_kk: 4\nmax_completion_length: 8\n")
     (tmp_path / "not_a_model").mkdir()
+    Dataset.from_dict({"problem": ["w1 w2", "w3"], "answer": ["1", "2"]}).to_json(tmp_path / "math.jsonl")
     base = script_argv(llama_paths, tmp_path / "run", tokenizer.eos_token_id)
     cases = [
         (["--dataset_name", chat_dataset_dir, "--model_name_or_path", llama_paths["student"] + "x"],
@@ -335,6 +359,14 @@ def test_bad_train_options_fail_in_one_line_before_loading(llama_paths, chat_dat
         (["--dataset_name", chat_dataset_dir, "--resume_from_checkpoint"], "holds none"),
         (["--dataset_name", chat_dataset_dir, "--resume_from_checkpoint", str(tmp_path / "ckpt")], "not found"),
         (["--dataset_name", chat_dataset_dir, "--output_dir", str(tmp_path / "broken.jsonl")], "is a file"),
+        (["--dataset_name", chat_dataset_dir, "--boxed_eval_dataset_name", str(tmp_path / "math.jsonl"),
+          "--boxed_eval_answer_column", "solution"],
+         "The dataset has no column `--boxed_eval_answer_column` 'solution'; its columns are ['problem', 'answer']"),
+        (["--dataset_name", chat_dataset_dir, "--boxed_eval_dataset_name", str(tmp_path / "math.jsonl"),
+          "--boxed_eval_dataset_split", "test[5:]"], "`--boxed_eval_dataset_split` 'test[5:]': Instruction"),
+        (["--dataset_name", chat_dataset_dir, "--boxed_eval_dataset_name", "nobody/no-such-math"],
+         "`--boxed_eval_dataset_name` 'nobody/no-such-math' (split 'test[:100]') could not be loaded"),
+        (["--dataset_name", chat_dataset_dir, "--boxed_eval_steps", "0"], "`boxed_eval_steps` must be a positive"),
     ]  # fmt: skip
     for extra, message in cases:
         line = run_failing([*base, *extra], monkeypatch, capsys)

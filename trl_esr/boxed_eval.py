@@ -34,7 +34,8 @@ class BoxedAccuracyCallback(TrainerCallback):
         every_n_steps: measure when `global_step` is a multiple of this.
         n, temperature, top_p, max_new_tokens: responses per problem and their sampling.
         system_prompt: the system message, as in training (default: the paper's, asking for a `\boxed{}` answer).
-        batch_size: prompts per `generate` call.
+        batch_size: prompts per `generate` call; defaults to `max(8, per_device_train_batch_size)` (training already
+            generates that many at once).
         answer_from: which box holds the answer, "last" or "first".
         seed: sampling seed; defaults to `trainer.args.seed`.
     """
@@ -50,13 +51,14 @@ class BoxedAccuracyCallback(TrainerCallback):
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
         system_prompt: str | None = PAPER_SYSTEM_PROMPT,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         answer_from: str = "last",
         seed: int | None = None,
     ):
         from .diagnostics.callback import sharded_student
 
         max_new_tokens = trainer.args.max_completion_length if max_new_tokens is None else max_new_tokens
+        batch_size = max(8, trainer.args.per_device_train_batch_size) if batch_size is None else batch_size
         for name, value in (("every_n_steps", every_n_steps), ("n", n), ("max_new_tokens", max_new_tokens),
                             ("batch_size", batch_size)):  # fmt: skip
             if not isinstance(value, int) or value <= 0:

@@ -27,6 +27,7 @@ batch by batch).
 import re
 import statistics
 from fractions import Fraction
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -165,6 +166,44 @@ def score_generated(responses: list[list["Response"]], references: list[str], an
     del scores["correct"]
     lengths = [[r.num_tokens for r in rs] for rs in responses], [[r.truncated for r in rs] for rs in responses]
     return {**scores, **length_stats(*lengths)}
+
+
+# Data
+
+
+def load_problems(dataset_name: str, split: str, problem_column: str = "problem", answer_column: str = "answer",
+                  option_prefix: str = "") -> tuple[list[str], list[str]]:  # fmt: skip
+    """The problems and reference answers of an evaluation split: a Hub dataset, a local dataset folder, or one local
+    .json/.jsonl/.parquet file (which is the split that `split` names, slicing allowed: "test[:100]"). Errors name
+    the command's options, `--{option_prefix}problem_column` and so on."""
+    from datasets import load_dataset
+
+    from .validation import explain_split_error
+
+    path = Path(dataset_name).expanduser()
+    builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(path.suffix.lower())
+    try:
+        if path.is_file() and builder is not None:
+            dataset = load_dataset(builder, data_files={split.split("[")[0]: str(path)}, split=split)
+        else:
+            dataset = load_dataset(dataset_name, split=split)
+    except ValueError as error:  # a split it lacks, a slice that selects nothing: name the option
+        explained = explain_split_error(f"{option_prefix}dataset_split", split, False, error)
+        if explained is error:
+            raise
+        raise explained from error
+    missing = [
+        f"`--{option_prefix}{option}` {column!r}"
+        for option, column in (("problem_column", problem_column), ("answer_column", answer_column))
+        if column not in dataset.column_names
+    ]
+    if missing:
+        raise ValueError(
+            f"The dataset has no column {' and no column '.join(missing)}; its columns are {dataset.column_names}."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"`--{option_prefix}dataset_split` {split!r} has no rows.")
+    return dataset[problem_column], [str(a) for a in dataset[answer_column]]
 
 
 # Generation

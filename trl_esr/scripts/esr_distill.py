@@ -46,6 +46,15 @@ class ESRScriptArguments(ScriptArguments):
             for the student).
         teacher_load_in_8bit (`bool`, *optional*, defaults to `False`):
             Load the teacher in 8 bits (bitsandbytes).
+        boxed_eval_dataset_name (`str`, *optional*):
+            Problems with reference answers (MATH-500 style) whose `\\boxed{}` scores are logged during training as
+            `boxed/avg@1`, `boxed/multi_box`, `boxed/median_tokens`, ... ([`BoxedAccuracyCallback`]: greedy, up to
+            `max_completion_length` tokens, the training system prompt).
+        boxed_eval_dataset_split (`str`, *optional*, defaults to `"test[:100]"`), boxed_eval_problem_column (`str`,
+        *optional*, defaults to `"problem"`), boxed_eval_answer_column (`str`, *optional*, defaults to `"answer"`):
+            Which rows and columns of it.
+        boxed_eval_steps (`int`, *optional*, defaults to `25`):
+            Measure every this many optimizer steps.
     """
 
     dataset_files: list[str] | None = field(
@@ -79,6 +88,23 @@ class ESRScriptArguments(ScriptArguments):
         default=False,
         metadata={"help": "Load the teacher in 8 bits (bitsandbytes)."},
     )
+    boxed_eval_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Problems with reference answers (a Hub dataset such as HuggingFaceH4/MATH-500, a local folder or "
+            "a .json/.jsonl/.parquet file) whose `\\boxed{}` scores are logged every `boxed_eval_steps` steps: "
+            "boxed/avg@1, boxed/multi_box, boxed/median_tokens, ... (greedy, up to `max_completion_length` tokens, "
+            "HF `generate` even with vLLM rollouts: a slice of a few dozen problems keeps it cheap)."
+        },
+    )
+    boxed_eval_dataset_split: str = field(
+        default="test[:100]", metadata={"help": "Split of `boxed_eval_dataset_name`, with slicing."}
+    )
+    boxed_eval_problem_column: str = field(default="problem", metadata={"help": "Its column holding the problem."})
+    boxed_eval_answer_column: str = field(default="answer", metadata={"help": "Its column holding the answer."})
+    boxed_eval_steps: int = field(
+        default=25, metadata={"help": "Measure the `\\boxed{}` scores every this many optimizer steps."}
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -91,6 +117,8 @@ class ESRScriptArguments(ScriptArguments):
     def __post_init__(self):
         if self.teacher_load_in_4bit and self.teacher_load_in_8bit:
             raise ValueError("`teacher_load_in_4bit` and `teacher_load_in_8bit` are exclusive: choose one.")
+        if self.boxed_eval_steps <= 0:
+            raise ValueError(f"`boxed_eval_steps` must be a positive integer, got {self.boxed_eval_steps}.")
 
 
 class StrictTrlParser(TrlParser):
@@ -263,6 +291,7 @@ def train(
 
     quantization_config = set_model_init_kwargs(script_args, training_args, model_args)
     train_dataset, eval_dataset = prompt_datasets(script_args, training_args)
+    boxed_problems = _boxed_eval_problems(script_args)
     trainer = ESRDistillTrainer(
         model=model_args.model_name_or_path,
         teacher_model=training_args.teacher_model_name_or_path,
@@ -272,7 +301,43 @@ def train(
         quantization_config=quantization_config,
         peft_config=get_peft_config(model_args),
     )
+    if boxed_problems is not None:
+        trainer.add_callback(_boxed_eval_callback(trainer, script_args, *boxed_problems))
     train_save_and_push(trainer, script_args, training_args, resume_from_checkpoint)
+
+
+def _boxed_eval_problems(script_args: ESRScriptArguments) -> tuple[list[str], list[str]] | None:
+    """The `--boxed_eval_dataset_name` problems and answers (`None` without it); a bad one raises `InputError`, before
+    any model loads."""
+    from ..evaluation import load_problems
+
+    if script_args.boxed_eval_dataset_name is None:
+        return None
+    try:
+        return load_problems(
+            script_args.boxed_eval_dataset_name, script_args.boxed_eval_dataset_split,
+            script_args.boxed_eval_problem_column, script_args.boxed_eval_answer_column, option_prefix="boxed_eval_",
+        )  # fmt: skip
+    except ValueError as error:  # a missing column or an empty split: the message names the option
+        raise InputError(error) from error
+    except Exception as error:  # not found, unreadable: `datasets` raises several types
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(
+            f"`--boxed_eval_dataset_name` {script_args.boxed_eval_dataset_name!r} (split "
+            f"{script_args.boxed_eval_dataset_split!r}) could not be loaded: {type(error).__name__}: {reason}"
+        ) from error
+
+
+def _boxed_eval_callback(trainer: ESRDistillTrainer, script_args: ESRScriptArguments, problems, answers):
+    """`BoxedAccuracyCallback` on the problems, with the training system prompt; a sharded student (which it cannot
+    measure) stops the run here, after the models load but before any step."""
+    from ..boxed_eval import BoxedAccuracyCallback
+
+    try:
+        return BoxedAccuracyCallback(trainer, problems, answers, script_args.boxed_eval_steps,
+                                     system_prompt=script_args.system_prompt)  # fmt: skip
+    except ValueError as error:
+        raise InputError(f"`--boxed_eval_dataset_name`: {error} Or drop `--boxed_eval_dataset_name`.") from error
 
 
 def set_model_init_kwargs(script_args: ESRScriptArguments, training_args: ESRConfig, model_args: ModelConfig):

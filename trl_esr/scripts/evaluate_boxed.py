@@ -51,6 +51,7 @@ from ..evaluation import (
     generate_hf,
     generate_vllm,
     length_stats,
+    load_problems,
     score_generated,
     score_responses,
 )
@@ -142,7 +143,9 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
     from transformers import set_seed
 
     set_seed(script_args.seed)
-    problems, references = _load_problems(script_args)  # before the model: a wrong column fails in seconds
+    problems, references = load_problems(  # before the model: a wrong column fails in seconds
+        script_args.dataset_name, script_args.dataset_split, script_args.problem_column, script_args.answer_column
+    )
     rows = ResultRows(script_args.output_file, script_args.answer_from)  # an unwritable path fails before generating
     name, revision = model_args.model_name_or_path, model_args.model_revision
     tokenizer = inference.load_tokenizer(name, revision)
@@ -209,31 +212,6 @@ def validate_arguments(script_args: EvaluateArguments, model_args: ModelConfig) 
     check_model_path(
         "model_name_or_path", model_args.model_name_or_path, adapter=True, revision=model_args.model_revision
     )
-
-
-def _load_problems(args: EvaluateArguments) -> tuple[list[str], list[str]]:
-    """The evaluation split: a Hub dataset, a local dataset folder, or one local .json/.jsonl/.parquet file."""
-    from datasets import load_dataset
-
-    path = Path(args.dataset_name).expanduser()
-    builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(path.suffix.lower())
-    if path.is_file() and builder is not None:  # the file is the split that `--dataset_split` names
-        split_name = args.dataset_split.split("[")[0]
-        dataset = load_dataset(builder, data_files={split_name: str(path)}, split=args.dataset_split)
-    else:
-        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
-    missing = [
-        f"`--{option}` {column!r}"
-        for option, column in (("problem_column", args.problem_column), ("answer_column", args.answer_column))
-        if column not in dataset.column_names
-    ]
-    if missing:
-        raise ValueError(
-            f"The dataset has no column {' and no column '.join(missing)}; its columns are {dataset.column_names}."
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"`--dataset_split` {args.dataset_split!r} has no rows.")
-    return dataset[args.problem_column], [str(a) for a in dataset[args.answer_column]]
 
 
 def _read_responses_file(path: str) -> list[dict]:
