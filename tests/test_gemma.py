@@ -161,7 +161,7 @@ def test_a_gemma3_student_trains_on_text_prompts_through_its_processor(vocabular
 
     from datasets import Dataset
 
-    from trl_esr import ESRDistillTrainer
+    from trl_esr import BoxedAccuracyCallback, ESRDistillTrainer
     from trl_esr.demo.tiny_models import save_pretrained
 
     models = gemma_models(vocabularies["gemma2"], vocabularies["gemma3"])  # the pair, each used the other way round
@@ -178,7 +178,16 @@ def test_a_gemma3_student_trains_on_text_prompts_through_its_processor(vocabular
                      generation_kwargs={"suppress_tokens": [1, vocabularies["gemma3"].eos_token_id]})  # fmt: skip
     trainer = ESRDistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=prompts)
     assert type(trainer.processing_class).__name__ == "Gemma3Processor" and trainer._pairing.mode == "aligned"
+    # the \boxed{} callback renders and tokenizes text prompts with the processor's tokenizer
+    question = [{"role": "user", "content": "What is 2 + 2?"}]
+    boxed = BoxedAccuracyCallback(trainer, [question[0]["content"]], ["4"], every_n_steps=1, max_new_tokens=6,
+                                  system_prompt=None)  # fmt: skip
+    trainer.add_callback(boxed)
     trainer.train()
+    template = vocabularies["gemma3"].apply_chat_template(question, tokenize=False, add_generation_prompt=True)
+    assert boxed.prompts == [template] and template.startswith("<bos><start_of_turn>user\nWhat is 2 + 2?")
+    [[response]] = boxed.responses
+    assert boxed.history[0][0] == 1 and 0 < response.num_tokens <= 6
     log = trainer.state.log_history[0]
     assert (log["esr/tokens_generated"], log["esr/capped_fraction"]) == (4 * k, 1.0)
     assert log["esr/aligned_fraction"] > 0.5 and log["esr/shared_vocab_fraction"] == pytest.approx(180_762 / 262_145)

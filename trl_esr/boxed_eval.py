@@ -78,7 +78,9 @@ class BoxedAccuracyCallback(TrainerCallback):
             )
         self.trainer, self.every_n_steps, self.answer_from = trainer, every_n_steps, answer_from
         self.answers = [str(answer) for answer in answers]
-        self.prompts = chat_prompts(trainer.processing_class, list(problems), system_prompt)
+        # text prompts: a processor's tokenizer (a VLM checkpoint's, such as Qwen3.5's, trained on text)
+        self.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+        self.prompts = chat_prompts(self.tokenizer, list(problems), system_prompt)
         self.sampling = (n, temperature, top_p, max_new_tokens)
         self.batch_size = batch_size
         self.seed = trainer.args.seed if seed is None else seed
@@ -112,9 +114,7 @@ class BoxedAccuracyCallback(TrainerCallback):
         student.eval()
         try:
             with seeded_sampling(self.seed + accelerator.process_index, student.device):
-                responses = generate_hf(
-                    student, self.trainer.processing_class, mine, *self.sampling, batch_size=self.batch_size
-                )
+                responses = generate_hf(student, self.tokenizer, mine, *self.sampling, batch_size=self.batch_size)
         finally:
             student.train(was_training)
         if accelerator.num_processes > 1:
