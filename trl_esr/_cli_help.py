@@ -6,7 +6,7 @@ versions of the packages whose dataclasses the parsers are built from; with othe
 the parser instead (their options differ: transformers 5.17 has no `--activation_checkpointing`).
 """
 
-RENDERED_WITH = {"transformers": "5.24.0", "trl": "1.16.0"}
+RENDERED_WITH = {"transformers": "5.25.0", "trl": "1.16.0"}
 
 HELP = {
     "demo": "usage: trl-esr demo [-h] [--output-dir OUTPUT_DIR] [--k K] [--steps STEPS] [--seed SEED] [--quick]\n                    [--device {auto,cpu,cuda}] [--threads THREADS]\n\nOffline demo: Early Stopping Rollout vs full-rollout on-policy distillation of tiny students on\ncolumn addition, on CPU, in two regimes (errors beyond k, early decision), with and without the\nESR horizon guard. Teacher and students are pre-trained once and cached in the output directory.\n\noptions:\n  -h, --help            show this help message and exit\n  --output-dir OUTPUT_DIR\n                        where models and reports go\n  --k K                 ESR rollout horizon (default 12)\n  --steps STEPS         optimizer steps per run (default 30)\n  --seed SEED           seed of the data and models; runs use seed, seed + 1\n  --quick               tiny models, a few steps: a plumbing check, for tests\n  --device {auto,cpu,cuda}\n  --threads THREADS     torch CPU threads (default 1: fastest measured)\n",
