@@ -159,13 +159,30 @@ def length_stats(num_tokens: list[list[int]], truncated: list[list[bool]]) -> di
     }
 
 
-def score_generated(responses: list[list["Response"]], references: list[str], answer_from: str = "last") -> dict:
-    """`score_responses` and `length_stats` of generated responses, without the per-response `correct` table: what
-    `trl-esr evaluate` prints and `BoxedAccuracyCallback` logs."""
-    scores = score_responses([[r.text for r in rs] for rs in responses], references, answer_from)
+def response_columns(responses: list[list["Response"]]) -> tuple[list[list[str]], list[list[int]], list[list[bool]]]:
+    """Texts, lengths in tokens and truncation flags of each problem's responses: the columns `trl-esr evaluate`'s
+    `--output_file` keeps and `score_columns` reads."""
+    return tuple([[getattr(r, name) for r in rs] for rs in responses] for name in Response._fields)
+
+
+def score_columns(
+    texts: list[list[str]],
+    references: list[str],
+    answer_from: str = "last",
+    num_tokens: list[list[int]] | None = None,
+    truncated: list[list[bool]] | None = None,
+) -> dict:
+    """`score_responses` without the per-response `correct` table, plus `length_stats` when lengths are given:
+    what `trl-esr evaluate` prints (of generated or saved responses) and `BoxedAccuracyCallback` logs."""
+    scores = score_responses(texts, references, answer_from)
     del scores["correct"]
-    lengths = [[r.num_tokens for r in rs] for rs in responses], [[r.truncated for r in rs] for rs in responses]
-    return {**scores, **length_stats(*lengths)}
+    return scores if num_tokens is None else {**scores, **length_stats(num_tokens, truncated)}
+
+
+def score_generated(responses: list[list["Response"]], references: list[str], answer_from: str = "last") -> dict:
+    """`score_columns` of generated responses, lengths included."""
+    texts, num_tokens, truncated = response_columns(responses)
+    return score_columns(texts, references, answer_from, num_tokens, truncated)
 
 
 # Data

@@ -50,10 +50,10 @@ from ..evaluation import (
     extract_answer,
     generate_hf,
     generate_vllm,
-    length_stats,
     load_problems,
+    response_columns,
+    score_columns,
     score_generated,
-    score_responses,
 )
 from ..inference import InferenceModelConfig
 from ..jsonl import JSONLineError, json_lines
@@ -136,9 +136,7 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
         lengths = _saved_lengths(rows)
         if script_args.output_file is not None:  # written after reading: it may be the `--responses_file` itself
             ResultRows(script_args.output_file, script_args.answer_from).add(problems, references, responses, *lengths)
-        scores = score_responses(responses, references, script_args.answer_from)
-        del scores["correct"]
-        return scores if lengths[0] is None else {**scores, **length_stats(*lengths)}
+        return score_columns(responses, references, script_args.answer_from, *lengths)
 
     from transformers import set_seed
 
@@ -155,12 +153,12 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
     try:
         if script_args.use_vllm:  # one engine call for all prompts
             generated = generate_vllm(name, prompts, *sampling, dtype=model_args.dtype or "auto", revision=revision)
-            rows.add(problems, references, *_columns(generated))
+            rows.add(problems, references, *response_columns(generated))
         else:
 
             def save(start: int, batch: list[list[Response]]) -> None:
                 end = start + len(batch)
-                rows.add(problems[start:end], references[start:end], *_columns(batch))
+                rows.add(problems[start:end], references[start:end], *response_columns(batch))
 
             generated = generate_hf(
                 model, tokenizer, prompts, *sampling, batch_size=script_args.batch_size, on_batch=save
@@ -169,11 +167,6 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
         error.add_note(rows.kept(len(problems)))
         raise
     return score_generated(generated, references, script_args.answer_from)
-
-
-def _columns(responses: list[list[Response]]) -> tuple[list[list[str]], list[list[int]], list[list[bool]]]:
-    """Texts, lengths in tokens and truncation flags of each problem's responses, as `--output_file` keeps them."""
-    return tuple([[getattr(r, name) for r in rs] for rs in responses] for name in Response._fields)
 
 
 def _saved_lengths(rows: list[dict]) -> tuple:
