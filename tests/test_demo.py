@@ -82,6 +82,20 @@ def test_outputs_are_written(first_run):
     assert stdout.index("Diagnostics before training") < stdout.index("full rollout: 4 steps")
 
 
+def test_report_names_the_cpu_kernels_that_computed_it(first_run):
+    """In this warm test process torch chose its kernels before the demo ran: the report says which, and says they
+    are the pinned ones only if torch itself reports AVX2 and MKL's reproducible branch is set."""
+    output_dir, _, metrics = first_run
+    state = metrics["cpu_kernels"]
+    assert state["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert state["pinned"] is (state["torch_cpu_capability"] == "AVX2" and os.environ.get("MKL_CBWR") == "AVX2")
+    assert f"torch kernels {state['torch_cpu_capability']}" in (output_dir / "report.md").read_text()
+    recipes = [json.loads(p.read_text()) for p in (output_dir / "models").glob("*/demo_recipe.json")]
+    assert len(recipes) == 3 and {r["kernels"] for r in recipes} == {
+        f"cpu {state['torch_cpu_capability']} MKL_CBWR=" + (os.environ.get("MKL_CBWR") or "unset")
+    }
+
+
 def test_quick_run_says_its_numbers_mean_nothing(first_run):
     output_dir, stdout, metrics = first_run
     assert "plumbing only" in (output_dir / "report.md").read_text() and "plumbing only" in stdout

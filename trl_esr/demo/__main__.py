@@ -1,6 +1,6 @@
 import sys
 
-from .run import main
+from . import main
 
 
 sys.exit(main())

@@ -118,6 +118,7 @@ class ModelRecipe:
     n_digits: int
     seed: int
     shortcut_fraction: float = 0.0  # share of SFT examples in the shortcut format (the early-decision student)
+    kernels: str = ""  # the device and CPU kernels that trained it (`kernels.cache_key`): others round differently
 
 
 def is_cached(recipe: ModelRecipe, path: Path) -> bool:

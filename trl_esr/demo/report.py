@@ -211,12 +211,23 @@ def _regime_intro(regime: dict, summary: dict) -> str:
     )
 
 
+def kernel_line(cpu_kernels: dict) -> str:
+    """Which CPU kernels computed the numbers: with the pinned ones they repeat on other x86-64 CPUs (docs/demo.md)."""
+    where = (
+        f"CPU: {cpu_kernels['cpu']}; torch kernels {cpu_kernels['torch_cpu_capability']}, "
+        f"MKL_CBWR={cpu_kernels['mkl_cbwr'] or 'unset'}"
+    )
+    if cpu_kernels["pinned"]:
+        return f"{where} (the pinned kernels: accuracies and token counts should repeat on other x86-64 CPUs)."
+    return f"{where} (not the pinned AVX2 kernels: accuracies and token counts differ from other machines')."
+
+
 def _markdown(summary: dict, body: str, notice: str) -> str:
     figures = "\n".join(f"![{name}]({file})" for name, file in FIGURES.items())
     return f"""# ESR vs full-rollout on-policy distillation, in two regimes
 
 {notice}Task: {summary["task"]}. Device: {summary["device"]}, {summary["threads"]} torch thread(s) for distillation
-({summary["pretrain_threads"]} for pre-training).
+({summary["pretrain_threads"]} for pre-training). {kernel_line(summary["cpu_kernels"])}
 
 - Teacher: {summary["teacher"]}, greedy accuracy {summary["teacher_accuracy"]:.1%}.
 - Distillation: {summary["distillation"]}. Each regime runs full rollout, ESR and ESR + guard from the same student,

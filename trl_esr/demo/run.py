@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
+from . import kernels
 from .distill import DistillInputs, DistillRun, DistillSettings, RunResult, distill
 from .evaluate import greedy_accuracy, per_position_reverse_kl, weights_digest
 from .pretrain import ModelRecipe, chat_prompt, load_pretrained, pretrain_missing
@@ -88,6 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help=f"torch CPU threads (default {Settings.threads}: fastest measured)"
     )
+    parser.add_argument(
+        "--native-kernels",
+        action="store_true",
+        help="use the CPU's fastest torch/MKL kernels instead of the pinned AVX2 ones: other accuracies on other CPUs",
+    )
     return parser.parse_args(argv)
 
 
@@ -127,6 +133,7 @@ class _Demo:
 
     def __init__(self, settings: Settings, seed: int, device: str, max_completion_length: int, output_dir: Path):
         self.settings, self.seed, self.device, self.output_dir = settings, seed, device, output_dir
+        self.kernels = kernels.cache_key(device)
         self.tokenizer = build_tokenizer()
         self._accuracy: dict[str, float] = {}  # weights_digest -> accuracy
         sizes = {"sft": settings.sft_examples, "distill": settings.distill_prompts, "test": settings.test_size}
@@ -150,13 +157,16 @@ class _Demo:
         s, models = self.settings, self.output_dir / "models"
         architecture, hidden_size, num_layers, sft_steps, batch_size = s.teacher
         common = (s.sft_learning_rate, s.n_digits)
-        teacher = ModelRecipe(architecture, hidden_size, num_layers, sft_steps, batch_size, *common, self.seed + 1)
+        teacher = ModelRecipe(
+            architecture, hidden_size, num_layers, sft_steps, batch_size, *common, self.seed + 1,
+            kernels=self.kernels,
+        )  # fmt: skip
         jobs = [("teacher", teacher)]
         architecture, hidden_size, num_layers = s.student
         for regime in s.regimes:
             recipe = ModelRecipe(
                 architecture, hidden_size, num_layers, regime.student_sft_steps, s.sft_batch_size, *common,
-                self.seed + 2, regime.shortcut_fraction,
+                self.seed + 2, regime.shortcut_fraction, self.kernels,
             )  # fmt: skip
             jobs.append((_student_name(regime), recipe))
         return [(name, recipe, models / name) for name, recipe in jobs]
@@ -246,6 +256,7 @@ class _Demo:
             "device": self.device,
             "threads": s.threads,
             "pretrain_threads": s.pretrain_threads,
+            "cpu_kernels": kernels.describe(),
             "settings": {key: value for key, value in s.__dict__.items() if key != "regimes"} | {"seed": self.seed},
             "teacher": "{} hidden size {}, {} layers, {} SFT steps of {} examples".format(*s.teacher),
             "student": "{} hidden size {}, {} layers".format(*s.student),
