@@ -18,7 +18,7 @@ from trl_esr.demo import main  # noqa: E402
 from trl_esr.demo.distill import DistillInputs, DistillRun, DistillSettings, RunResult, distill  # noqa: E402
 from trl_esr.demo.evaluate import weights_digest  # noqa: E402
 from trl_esr.demo.pretrain import chat_prompt, encode_examples, load_pretrained, sft_responses  # noqa: E402
-from trl_esr.demo.report import FIGURES, compare  # noqa: E402
+from trl_esr.demo.report import FIGURES, compare, kernel_line  # noqa: E402
 from trl_esr.demo.task import (  # noqa: E402
     answer_of,
     build_tokenizer,
@@ -94,6 +94,13 @@ def test_report_names_the_cpu_kernels_that_computed_it(first_run):
     assert len(recipes) == 3 and {r["kernels"] for r in recipes} == {
         f"cpu {state['torch_cpu_capability']} MKL_CBWR=" + (os.environ.get("MKL_CBWR") or "unset")
     }
+
+
+def test_a_gpu_report_names_no_cpu_kernels(first_run):
+    """On `--device cuda` the CPU computed none of the numbers: the header must not claim CPU kernels for them."""
+    metrics = first_run[2]
+    assert "torch kernels" in kernel_line(metrics)
+    assert kernel_line(metrics | {"device": "cuda"}) == ""
 
 
 def test_quick_run_says_its_numbers_mean_nothing(first_run):

@@ -211,8 +211,12 @@ def _regime_intro(regime: dict, summary: dict) -> str:
     )
 
 
-def kernel_line(cpu_kernels: dict) -> str:
-    """Which CPU kernels computed the numbers: with the pinned ones they repeat on other x86-64 CPUs (docs/demo.md)."""
+def kernel_line(summary: dict) -> str:
+    """Which CPU kernels computed the numbers: with the pinned ones they repeat on other x86-64 CPUs (docs/demo.md).
+    Empty on a GPU run, where the CPU computed none of them."""
+    if summary["device"] != "cpu":
+        return ""
+    cpu_kernels = summary["cpu_kernels"]
     where = (
         f"CPU: {cpu_kernels['cpu']}; torch kernels {cpu_kernels['torch_cpu_capability']}, "
         f"MKL_CBWR={cpu_kernels['mkl_cbwr'] or 'unset'}"
@@ -227,7 +231,7 @@ def _markdown(summary: dict, body: str, notice: str) -> str:
     return f"""# ESR vs full-rollout on-policy distillation, in two regimes
 
 {notice}Task: {summary["task"]}. Device: {summary["device"]}, {summary["threads"]} torch thread(s) for distillation
-({summary["pretrain_threads"]} for pre-training). {kernel_line(summary["cpu_kernels"])}
+({summary["pretrain_threads"]} for pre-training). {kernel_line(summary)}
 
 - Teacher: {summary["teacher"]}, greedy accuracy {summary["teacher_accuracy"]:.1%}.
 - Distillation: {summary["distillation"]}. Each regime runs full rollout, ESR and ESR + guard from the same student,
