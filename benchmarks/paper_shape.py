@@ -24,6 +24,7 @@ process's peak resident set size). It writes `results.json` (after every run, so
 what it measured), `results.md` and `paper_shape.png`.
 
     python -m benchmarks.paper_shape --full-length auto --budget-s 330 --output-dir DIR   # one H100/H200
+    python -m benchmarks.paper_shape --shapes paper-cpu --output-dir DIR   # the same models on CPU, 2 prompts
     python -m benchmarks.paper_shape --shapes tiny --output-dir DIR   # the same runs at tiny shapes on CPU (a test)
 """
 
@@ -60,20 +61,38 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The paper's pair, from the models' Hub configs (Qwen/Qwen2.5-Math-1.5B, Qwen/Qwen3-1.7B), and a tiny pair of the
 # same families for CPU. Widths of the tiny pair are multiples of 32, which bitsandbytes' 4-bit CPU kernels need.
+PAPER_PAIR = {
+    "words": 151_930,  # + 6 special tokens = 151,936, both models' vocabulary
+    "student": (Qwen2Config, dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
+                                  num_key_value_heads=2, intermediate_size=8960, max_position_embeddings=4096)),
+    "teacher": (Qwen3Config, dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
+                                  num_key_value_heads=8, head_dim=128, intermediate_size=6144,
+                                  max_position_embeddings=40960)),
+    "prompt_tokens": (150, 250),  # MATH-style problems rendered with a chat template
+}  # fmt: skip
 SHAPES = {
     "paper": {
-        "words": 151_930,  # + 6 special tokens = 151,936, both models' vocabulary
-        "student": (Qwen2Config, dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-                                      num_key_value_heads=2, intermediate_size=8960, max_position_embeddings=4096)),
-        "teacher": (Qwen3Config, dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
-                                      num_key_value_heads=8, head_dim=128, intermediate_size=6144,
-                                      max_position_embeddings=40960)),
-        "prompt_tokens": (150, 250),  # MATH-style problems rendered with a chat template
+        **PAPER_PAIR,
+        "device": "cuda",
+        "dtype": "bfloat16",
         "batch_size": 16,  # the paper: 16 prompts x 1 rollout per step
         "k": 100,  # the paper's N
         "full_length": 3584,  # the paper's math cap
     },
+    # The paper's pair at its real widths, depth and vocabulary, in bf16 on a CPU, with a batch and caps a 2-core CPU
+    # steps through in minutes: not the paper's comparison, but every shape of its pair through our code paths
+    # (151,936-way heads, GQA, tied embeddings, LoRA on every linear layer, the 4-bit teacher) before a GPU run.
+    "paper-cpu": {
+        **PAPER_PAIR,
+        "device": "cpu",
+        "dtype": "bfloat16",
+        "batch_size": 2,
+        "k": 16,
+        "full_length": 64,
+    },
     "tiny": {
+        "device": "cpu",
+        "dtype": "float32",
         "words": 250,
         "student": (Qwen2Config, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256)),
@@ -108,7 +127,7 @@ def build_models(shape: str, root: Path, device: str) -> tuple:
     """Save a student and a teacher with random weights (and one shared word-level tokenizer) under `root`."""
     spec = SHAPES[shape]
     tokenizer = build_word_tokenizer([f"w{i}" for i in range(spec["words"])])
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = getattr(torch, spec["dtype"])
     paths, params = {}, {}
     for seed, name in enumerate(("student", "teacher")):
         config_class, shape_kwargs = spec[name]
@@ -153,8 +172,8 @@ def run_config(kind: str, shape: str, paths: dict, tokenizer, workdir: Path, ste
                esr_k: int | None = None, teacher_4bit: bool = False, fsdp2: bool = False) -> dict:  # fmt: skip
     """Train 1 warm-up + `steps` steps of one configuration; return per-step and median timings, rollout lengths and
     peak memory. `kind` is "esr" (`ESRDistillTrainer`) or "trl" (plain `trl.DistillationTrainer`)."""
-    spec, on_cuda = SHAPES[shape], shape == "paper"
-    dtype = "bfloat16" if on_cuda else "float32"
+    spec = SHAPES[shape]
+    on_cuda, dtype = spec["device"] == "cuda", spec["dtype"]
     teacher_init = {"dtype": dtype}
     if teacher_4bit:  # bitsandbytes quantizes while loading, onto the GPU (on CPU, in place)
         teacher_init["quantization_config"] = BitsAndBytesConfig(
@@ -163,7 +182,7 @@ def run_config(kind: str, shape: str, paths: dict, tokenizer, workdir: Path, ste
     config = dict(
         output_dir=str(workdir / "out"),
         use_cpu=not on_cuda,
-        bf16=on_cuda,
+        bf16=dtype == "bfloat16",
         model_init_kwargs={"dtype": dtype},
         teacher_model_init_kwargs=teacher_init,
         per_device_train_batch_size=spec["batch_size"],
@@ -406,9 +425,13 @@ def choose_full_length(requested, esr: dict, k: int, steps: int, seconds: float,
 
 def benchmark(shape: str, full_length, steps: int, budget: float | None, output_dir: Path, workdir: Path) -> dict:
     started = time.perf_counter()
-    spec, device = SHAPES[shape], "cuda" if shape == "paper" else "cpu"
+    spec = SHAPES[shape]
+    device = spec["device"]
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--shapes paper needs a CUDA GPU (1.5 B + 1.7 B parameters); use --shapes tiny on CPU.")
+        raise SystemExit(
+            f"--shapes {shape} needs a CUDA GPU (1.5 B + 1.7 B parameters); on CPU use --shapes paper-cpu (the same "
+            "models, 2 prompts, k=16, L=64; 9 minutes and 12 GB on 2 cores) or --shapes tiny (plumbing, seconds)."
+        )
     with FSDP2Job(workdir) as fsdp2_job:  # it imports while the models are built
         return _run_all(spec, shape, device, full_length, steps, budget, output_dir, workdir, started, fsdp2_job)
 
@@ -434,7 +457,7 @@ def _run_all(spec, shape, device, full_length, steps, budget, output_dir, workdi
             warmup_steps=1,
             fsdp2_worker_import_wait_s=worker_wait,
             lora=LORA,
-            dtype="bfloat16" if device == "cuda" else "float32",
+            dtype=spec["dtype"],
             eos_suppressed=True,
             gradient_checkpointing=True,  # TRL's default for distillation
             prompt_tokens=dict(min=min(prompt_lengths), max=max(prompt_lengths), mean=statistics.mean(prompt_lengths)),
@@ -619,7 +642,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--shapes",
         choices=list(SHAPES),
         default="paper",
-        help="'paper': the paper's pair on a CUDA GPU, bf16; 'tiny': the same runs on CPU, float32",
+        help="'paper': the paper's pair on a CUDA GPU, bf16; 'paper-cpu': the same models in bf16 on CPU, 2 prompts, "
+        "k=16, L=64; 'tiny': the same runs at tiny shapes on CPU, float32",
     )
     parser.add_argument(
         "--full-length",

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.paper_shape import AUTO_CAPS, SHAPES, choose_full_length
+import pytest
+import torch
+
+from benchmarks.paper_shape import AUTO_CAPS, SHAPES, choose_full_length, main
+from trl_esr.demo.tiny_models import build_word_tokenizer
 
 
 ROOT = Path(__file__).parent.parent
@@ -54,7 +58,7 @@ def test_tiny_paper_shape_benchmark(tmp_path):
             assert run[part] > 0, (name, part)
         assert abs(run["training"] - (run["step"] - run["generation"])) < 1e-9
         assert run["peak_memory_mib"] > 0 and run["peak_memory_source"]
-        assert run["trainable_parameters"] > 0
+        assert run["trainable_parameters"] == lora_parameters(spec["student"][1], r=32), name
     assert runs["trl"]["trainer"] == "DistillationTrainer" and runs["esr"]["trainer"] == "ESRDistillTrainer"
     assert runs["esr_teacher_4bit"]["teacher_4bit_linear_layers"] == 7 * 2  # q, k, v, o, gate, up, down x 2 layers
     if "error" not in runs["esr_fsdp2"]:
@@ -70,6 +74,15 @@ def test_tiny_paper_shape_benchmark(tmp_path):
     assert results["paper"]["esr"]["step"] == 8.0 and results["paper"]["full"]["peak_memory_gb"] == 63.3
     report = (tmp_path / "results.md").read_text()
     assert "| ESR k=8 (`ESRDistillTrainer`) |" in report and "plain `trl.DistillationTrainer`" in report
+
+
+def lora_parameters(shape: dict, r: int) -> int:
+    """LoRA's trainable parameters by hand: r x (in + out) for each of a Qwen2 layer's 7 projections."""
+    hidden, inner = shape["hidden_size"], shape["intermediate_size"]
+    head_dim = shape.get("head_dim", hidden // shape["num_attention_heads"])
+    q, kv = shape["num_attention_heads"] * head_dim, shape["num_key_value_heads"] * head_dim
+    shapes = [(hidden, q), (hidden, kv), (hidden, kv), (q, hidden), (hidden, inner), (hidden, inner), (inner, hidden)]
+    return shape["num_hidden_layers"] * sum(r * (n_in + n_out) for n_in, n_out in shapes)
 
 
 def test_auto_full_length_takes_the_longest_cap_predicted_to_fit():
@@ -88,3 +101,35 @@ def test_auto_full_length_takes_the_longest_cap_predicted_to_fit():
     assert choose_full_length("auto", esr, k, steps, seconds=1, longest=3584)[0] == min(AUTO_CAPS)  # nothing fits
     assert choose_full_length("auto", {"error": "x"}, k, steps, seconds=1e6, longest=3584)[0] == min(AUTO_CAPS)
     assert choose_full_length("1024", esr, k, steps, seconds=1, longest=3584) == (1024, {"requested": 1024})
+
+
+# The paper's pair as the issue and the models' Hub configs give it (Qwen/Qwen2.5-Math-1.5B, Qwen/Qwen3-1.7B).
+PAPER_STUDENT = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                     intermediate_size=8960)  # fmt: skip
+PAPER_TEACHER = dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                     head_dim=128, intermediate_size=6144)  # fmt: skip
+
+
+def test_the_paper_shapes_are_the_papers_models_on_gpu_and_on_cpu():
+    """`paper` (the GPU run) and `paper-cpu` (its CPU check) build the same two models, the paper's, with its 151,936
+    vocabulary: the CPU check differs only in batch, caps and device."""
+    for shape in ("paper", "paper-cpu"):
+        spec = SHAPES[shape]
+        assert spec["student"][0].model_type == "qwen2" and spec["teacher"][0].model_type == "qwen3"
+        assert PAPER_STUDENT.items() <= spec["student"][1].items()
+        assert PAPER_TEACHER.items() <= spec["teacher"][1].items()
+        assert spec["dtype"] == "bfloat16"
+    assert lora_parameters(SHAPES["paper"]["student"][1], r=32) == 36_929_536  # what the CPU run trained (docs)
+    vocabulary = build_word_tokenizer([f"w{i}" for i in range(SHAPES["paper-cpu"]["words"])])  # as build_models does
+    assert len(vocabulary) == 151_936
+    assert SHAPES["paper"]["device"] == "cuda" and SHAPES["paper-cpu"]["device"] == "cpu"
+    assert (SHAPES["paper"]["batch_size"], SHAPES["paper"]["k"], SHAPES["paper"]["full_length"]) == (16, 100, 3584)
+
+
+def test_the_gpu_shapes_without_a_gpu_name_the_cpu_ones(monkeypatch, tmp_path):
+    """Asked for `--shapes paper` where no CUDA device is, the benchmark stops before building 3 B parameters and
+    names the shapes that run on a CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--shapes paper needs a CUDA GPU.*--shapes paper-cpu.*--shapes tiny"):
+        main(["--shapes", "paper", "--output-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # nothing written
