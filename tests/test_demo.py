@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the demo must never need the network
@@ -18,7 +19,9 @@ from trl_esr.demo import main  # noqa: E402
 from trl_esr.demo.distill import DistillInputs, DistillRun, DistillSettings, RunResult, distill  # noqa: E402
 from trl_esr.demo.evaluate import weights_digest  # noqa: E402
 from trl_esr.demo.pretrain import chat_prompt, encode_examples, load_pretrained, sft_responses  # noqa: E402
-from trl_esr.demo.report import FIGURES, compare, kernel_line  # noqa: E402
+from trl_esr.demo.regimes import predict  # noqa: E402
+from trl_esr.demo.report import FIGURES, compare, kernel_line, reading  # noqa: E402
+from trl_esr.demo.run import ERRORS_BEYOND_K  # noqa: E402
 from trl_esr.demo.task import (  # noqa: E402
     answer_of,
     build_tokenizer,
@@ -288,3 +291,59 @@ def test_runs_share_one_frozen_teacher_without_leaking_state(tmp_path):
             replace(inputs, teacher=teacher.requires_grad_(True)),
             settings,
         )
+
+
+def test_prediction_probes_only_the_prefixes_the_rollouts_can_hold():
+    """`--k` above half the rollout length: the probe's 2k prefix would not fit (the probe refuses it), so the
+    prediction probes 0 and k only; below half it probes all three."""
+    tokenizer = build_tokenizer()
+    student = build_tiny_causal_lm(tokenizer, hidden_size=16, num_layers=1)
+    teacher = build_tiny_causal_lm(tokenizer, "llama", hidden_size=16, num_layers=1, seed=1).requires_grad_(False)
+    pairs = make_splits(2, {"test": 4}, seed=0)["test"]
+    length = response_length(2) + 5
+    for k, grid in ((length - 1, [0, length - 1]), (length // 2 - 1, [0, length // 2 - 1, 2 * (length // 2 - 1)])):
+        prediction = predict(student, teacher, tokenizer, pairs, 2, k, length, seed=0)
+        assert prediction.decay_k_grid == grid and len(prediction.decay_accuracy) == len(grid)
+
+
+def test_reading_tells_a_slower_match_from_a_loss_and_a_win():
+    """The verdict follows the numbers: ESR as accurate and faster suits the regime; as accurate but slower than
+    full rollout on one seed is no clear choice (not "ESR does not match"); clearly less accurate is a loss."""
+
+    def run(method, seed, k, points):
+        result = RunResult(method, seed, k, guard="stop" if "guard" in method else None)
+        result.curve = [{"step": s, "train_seconds": t, "tokens": n, "accuracy": a} for s, t, n, a in points]
+        return result
+
+    def regime(esr_points):  # two seeds; full rollout reaches 90 % at 10 s on both
+        full = [(0, 0.0, 0, 0.1), (5, 10.0, 1000, 0.9), (10, 20.0, 2000, 0.9)]
+        runs = []
+        for seed, points in enumerate(esr_points):
+            runs += [run("full", seed, None, full), run("ESR", seed, 4, points), run("ESR + guard", seed, 4, points)]
+        return {"runs": runs, "regime": ERRORS_BEYOND_K, "student_accuracy": 0.1}
+
+    fast = [(0, 0.0, 0, 0.1), (5, 2.0, 100, 0.9), (10, 4.0, 200, 0.9)]  # 90 % at 2 s: 5x faster
+    slow = [(0, 0.0, 0, 0.1), (5, 2.0, 100, 0.5), (10, 40.0, 200, 0.9)]  # 90 % only at 40 s: 4x slower
+    weak = [(0, 0.0, 0, 0.1), (5, 2.0, 100, 0.5), (10, 4.0, 200, 0.5)]  # 50 %, 40 points below
+    assert reading(regime([fast, fast]), 4).endswith("ESR suits this regime.")
+    assert "not faster on every seed" in reading(regime([fast, slow]), 4)
+    assert reading(regime([weak, weak]), 4).endswith("ESR does not match it here.")
+
+
+def test_choosing_k_example_script_reruns_the_diagnostics_on_the_demo_models(first_run, tmp_path, monkeypatch, capsys):
+    """scripts/choosing_k_example.py (docs/choosing-k.md's worked example) on a demo's cached models: one report per
+    student, with the probe's grid, and the numbers it prints are the report's."""
+    import runpy
+
+    from trl_esr.demo import kernels
+
+    monkeypatch.setattr(kernels, "pin", lambda: {})  # this process has computed already; leave its environment alone
+    script = Path(__file__).parents[1] / "scripts" / "choosing_k_example.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--demo-dir", str(first_run[0]), "--output-dir", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    printed = capsys.readouterr().out
+    for name in ("student-errors-beyond-k", "student-early-decision"):
+        report = json.loads((tmp_path / name / "diagnostics.json").read_text())
+        assert report["teacher_decay"]["k_grid"] == [0, 6, 12, 24, 36] and report["key_numbers"]["num_rollouts"] == 64
+        assert (tmp_path / name / "kl_per_position.png").stat().st_size > 0
+        assert f'"mean_kl_per_token": {report["key_numbers"]["mean_kl_per_token"]}' in printed

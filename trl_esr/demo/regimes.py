@@ -63,9 +63,13 @@ def predict(
     max_completion_length: int,
     seed: int,
 ) -> Prediction:
-    """Run the diagnostics of `trl-esr suggest-k` (paper sampling settings, one rollout per pair) with the probe."""
+    """Run the diagnostics of `trl-esr suggest-k` (paper sampling settings, one rollout per pair) with the probe.
+
+    The probe continues from student prefixes of 0, k and 2k tokens; 2k is left out where the rollouts are too short
+    to hold it (`--k` above half of `max_completion_length`), as the probe refuses a prefix it cannot cut.
+    """
     rows = [{"prompt": chat_prompt(a, b, n_digits), "a": a, "b": b} for a, b in pairs]
-    grid = [0, k, 2 * k]
+    grid = [0, k, 2 * k] if 2 * k < max_completion_length else [0, k]
     result = run_diagnostics(
         student,
         teacher,
@@ -95,8 +99,9 @@ def predict(
             f"later, where ESR never trains, so full rollout should do better."
         )
     if decay[1] < decay[0] - 0.1:
+        later = f", {decay[2]:.0%} after {grid[2]}" if len(grid) > 2 else ""
         reading += (
             f" The teacher decays after student prefixes ({decay[0]:.0%} alone, {decay[1]:.0%} after {k} student "
-            f"tokens, {decay[2]:.0%} after {2 * k}): its guidance on long student rollouts is off-policy."
+            f"tokens{later}): its guidance on long student rollouts is off-policy."
         )
     return Prediction(numbers["k"], share, within, beyond, grid, decay, reading)

@@ -153,6 +153,11 @@ def reading(regime: dict, k: int) -> str:
             f"Neither method improves on the starting student in {by[full_m][0].curve[-1]['step']} steps; full "
             f"rollout loses {lost_full:.1%}, ESR {lost_esr:.1%}."
         )
+    elif suits:  # matched full rollout's accuracy, but full rollout got there sooner on some seed
+        text += (
+            "ESR matches full rollout's accuracy here but is not faster on every seed: full rollout reached the same "
+            "accuracy sooner on at least one, so neither method is the clear choice."
+        )
     else:
         text += "Full rollout suits this regime: ESR does not match it here."
     return text
