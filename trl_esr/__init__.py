@@ -9,6 +9,18 @@ from ._lazy import lazy_exports
 # from the Hub) is missing; its plain CPU path works. Only that one logger is quietened, and only below ERROR.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+
+def _not_bitsandbytes_offline_trust_notice(record: logging.LogRecord) -> bool:
+    """On those CPUs bitsandbytes asks `kernels` for its Hub kernel, and `kernels` then says, in offline mode
+    (`HF_HUB_OFFLINE=1`, as this project's commands run), that it skips the publisher check: every run, about a kernel
+    bitsandbytes falls back from anyway. Only that message, about that one repository, is dropped."""
+    return not record.getMessage().startswith(
+        "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'"
+    )
+
+
+logging.getLogger("kernels._internals.hf_hub").addFilter(_not_bitsandbytes_offline_trust_notice)
+
 __version__ = "0.1.0"
 
 __all__ = ["BoxedAccuracyCallback", "ESRConfig", "ESRDistillTrainer", "esr_k_at_step", "__version__"]

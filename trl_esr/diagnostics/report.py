@@ -77,7 +77,9 @@ def caveats(result: DiagnosticsResult, numbers: dict | None = None) -> list[str]
     return notes
 
 
-def write_report(result: DiagnosticsResult, output_dir: str | Path, extra_settings: dict | None = None) -> dict:
+def write_report(
+    result: DiagnosticsResult, output_dir: str | Path, extra_settings: dict | None = None
+) -> dict[str, str]:
     """Write `diagnostics.json`, the plots and `diagnostics.md` into `output_dir`; return `{name: path}`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
