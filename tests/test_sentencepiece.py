@@ -91,6 +91,24 @@ def test_a_stripping_teacher_is_read_at_the_first_position_as_it_tokenizes_a_res
     assert len(first) > 8000
 
 
+def test_a_stripping_teacher_is_paired_at_the_first_position_only_with_what_starts_its_responses(vocabularies):
+    """A Mistral teacher starts every response with a space-led piece or an added token: "3 apples" is `▁`, `3`,
+    `▁ap`, `ples`, so it never reads its piece `3` first. The student's first `3` was paired with that `3`, to which
+    the teacher gives next to nothing there: digit-first (and newline-, CJK-first) answers were trained away. Now
+    unpaired there, like the teacher's lone `▁`. Checked against the teacher's own tokenization of each text."""
+    student, teacher = vocabularies["llama3"], vocabularies["mistral"]
+    _, first = _pairs(student, teacher)
+    for text in ["3 apples", "\nThe answer", "你好", "2 + 2 = 4"]:
+        teacher_first = teacher(text, add_special_tokens=False)["input_ids"][0]
+        assert teacher.convert_ids_to_tokens(teacher_first) == "▁", text  # the lone space, then the character
+        student_first = student(text, add_special_tokens=False)["input_ids"][0]
+        assert student_first not in first, (text, teacher.convert_ids_to_tokens(first.get(student_first)))
+    added = set(teacher.added_tokens_decoder)
+    pieces = teacher.convert_ids_to_tokens([teacher_id for teacher_id in first.values() if teacher_id not in added])
+    assert all(len(piece) > 1 and piece.startswith("▁") for piece in pieces)
+    assert len(pieces) > 8000  # the word-start pieces are all still there
+
+
 def _string_pairs(student, teacher, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The shared vocabulary from token strings: a SentencePiece piece's text is its string with `▁` for a space (at
     the first position: space-led pieces only, less that space), a byte piece `<0xNN>` the byte, a byte-level token's

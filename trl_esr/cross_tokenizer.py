@@ -165,7 +165,8 @@ class SharedVocabulary:
     word differently at the first response position: a Mistral student's `▁The` there is "The", a byte-level teacher's
     `The`, not its ` The`; a Mistral teacher reads "The" as its `▁The`. `first_student_ids` / `first_teacher_ids` are
     the pairing for that position when either side strips (`None` otherwise): space-led tokens by their bytes less the
-    space (a stripping student's other tokens, text glued to the prompt, unpaired there).
+    space (a stripping student's other tokens, text glued to the prompt, unpaired there; a stripping teacher's other
+    pieces too, since it starts every response with a space-led piece or an added token).
     """
 
     student_ids: torch.Tensor  # (M,)
@@ -192,12 +193,16 @@ class SharedVocabulary:
         student_strip, teacher_strip = leading_strip(student, student_table), leading_strip(teacher, teacher_table)
         if student_strip or teacher_strip:
             # What each side writes as the response's first token: a stripping side's `▁The` is "The" (ahead of a
-            # teacher's own piece `The`, which it does not write there); a teacher id keeps one key.
+            # teacher's own piece `The`, which it does not write there); a teacher id keeps one key. A stripping
+            # teacher's first token is always a space-led piece or an added token ("3 apples" is `▁`, `3`, ...): its
+            # other pieces are not paired there, or a student's first `3` would be trained toward the teacher's
+            # probability of a spelling it never reads.
             first_student = _lstrip(student_table, student_strip) if student_strip else student_table
             first_teacher = _first_id_by_key(teacher_order, _text_keys(teacher, _lstrip(teacher_table, teacher_strip)))
             taken = set(first_teacher.values())
+            written_first = set(teacher.added_tokens_decoder) if teacher_strip else None  # None: any token
             for key, teacher_id in teacher_by_key.items():
-                if teacher_id not in taken:
+                if teacher_id not in taken and (written_first is None or teacher_id in written_first):
                     first_teacher.setdefault(key, teacher_id)
             first_student_ids, first_teacher_ids = pair(_text_keys(student, first_student), first_teacher)
         fraction = len(student_ids) / len(student)
