@@ -100,3 +100,27 @@ def test_rejects_bad_arguments(make_trainer, make_args, overrides, match):
     arguments = {"problems": PROBLEMS, "answers": ANSWERS, **overrides}
     with pytest.raises(ValueError, match=match):
         BoxedAccuracyCallback(trainer, **arguments)
+
+
+def test_greedy_with_several_responses_is_refused(make_trainer, make_args):
+    """Greedy decoding gives n identical responses (and HF `generate` refuses n > 1 greedy, at the first measurement):
+    refused when the callback is built; sampling several stays allowed."""
+    trainer = make_trainer(make_args())
+    with pytest.raises(ValueError, match=r"`n` = 2 with `temperature` 0: .* Use `n=1`"):
+        BoxedAccuracyCallback(trainer, PROBLEMS, ANSWERS, n=2)
+    assert BoxedAccuracyCallback(trainer, PROBLEMS, ANSWERS, n=2, temperature=0.7).sampling[:2] == (2, 0.7)
+
+
+def test_samples_ignore_the_students_generation_config(make_trainer, make_args):
+    """A student whose generation config says `top_k = 1` is still sampled at the callback's temperature and top-p
+    only: its responses at T = 1 differ from its greedy ones (with top_k = 1 inherited, they would all be greedy)."""
+    trainer = make_trainer(make_args())
+    trainer.model.generation_config.top_k = 1
+    greedy = BoxedAccuracyCallback(trainer, PROBLEMS, ANSWERS, max_new_tokens=6)
+    sampled = BoxedAccuracyCallback(trainer, PROBLEMS, ANSWERS, n=3, temperature=1.0, max_new_tokens=6)
+    greedy.measure()
+    sampled.measure()
+    greedy_texts = [rs[0].text for rs in greedy.responses]
+    assert all(
+        {r.text for r in rs} != {text} for rs, text in zip(sampled.responses, greedy_texts, strict=True)
+    )  # fmt: skip

@@ -1,6 +1,7 @@
 """Diagnostics for choosing k: the cumulative-KL-share rule on hand-made curves, per-position statistics checked
 against a direct computation, aggregation over alive rollouts, and the teacher-decay probe."""
 
+import copy
 import math
 
 import pytest
@@ -192,3 +193,45 @@ def test_run_diagnostics_measures_as_its_settings_say(llama_pair, tokenizer):
     )
     with pytest.raises(ValueError, match="needs a way to grade answers"):
         run_diagnostics(student, teacher, tokenizer, rows, settings, show_progress=False)
+
+
+def with_generation_settings(model, **settings):
+    """A copy of `model` whose `generation_config.json` would carry `settings` (as Qwen2.5-Instruct's carries
+    `top_k=20`, `repetition_penalty=1.05`): `generate` applies them wherever a setting is left unset."""
+    model = copy.deepcopy(model)
+    for name, value in settings.items():
+        setattr(model.generation_config, name, value)
+    return model
+
+
+def test_rollouts_sample_with_temperature_and_top_p_only_whatever_the_checkpoint_says(llama_pair, tokenizer):
+    """The checkpoint's `top_k=1` (greedy in disguise) and repetition penalty are not applied: the rollouts are the
+    ones a checkpoint without them samples with the same seed."""
+    student, teacher = llama_pair
+    rows = [{"prompt": f"w{i} w{i + 1} w{i + 2}"} for i in range(6)]
+    settings = MeasurementSettings(max_completion_length=8, batch_size=3, seed=1, temperature=1.0, top_p=1.0)
+    plain = run_diagnostics(student, teacher, tokenizer, rows, settings, show_progress=False).completion_ids
+    opinionated = with_generation_settings(student, top_k=1, repetition_penalty=50.0, no_repeat_ngram_size=1)
+    again = run_diagnostics(opinionated, teacher, tokenizer, rows, settings, show_progress=False)
+    assert again.completion_ids == plain
+    assert len({tuple(ids) for ids in plain}) > 1
+
+
+def test_decay_probe_continues_greedily_without_the_teachers_repetition_penalty(llama_pair, tokenizer):
+    """The probe's continuations are the teacher's argmax, one token at a time (computed here by hand), even when its
+    generation config carries a repetition penalty that would forbid repeating a token."""
+    _, teacher = llama_pair
+    prompts, completions = [[3, 17, 4]], [[20, 21, 1]]
+    texts = []
+    opinionated = with_generation_settings(teacher, repetition_penalty=1e6, no_repeat_ngram_size=1)
+    teacher_decay_probe(opinionated, tokenizer, [{"answer": "x"}], prompts, completions, [2], lambda row, text:
+                        texts.append(text) or True, 8, show_progress=False)  # fmt: skip
+    ids = [3, 17, 4, 20, 21]
+    with torch.no_grad():
+        for _ in range(6):
+            ids.append(int(teacher(torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == tokenizer.eos_token_id:
+                break
+    expected = tokenizer.decode(ids[3:], skip_special_tokens=True)
+    assert texts == [expected]
+    assert len(set(ids[3:])) < len(ids[3:])  # the argmax repeats a token: the penalty would have changed it

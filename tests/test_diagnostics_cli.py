@@ -307,9 +307,9 @@ def test_suggest_k_interrupted_during_rollouts_keeps_the_first_batch_and_resumes
     load_models = suggest_cli._load_models
 
     def student_interrupted_at_its_second_batch(*args):
-        student, teacher, tokenizer = load_models(*args)
+        student, teacher, tokenizer, renderer = load_models(*args)
         student.generate = failing_on_call(student.generate, 2, KeyboardInterrupt())
-        return student, teacher, tokenizer
+        return student, teacher, tokenizer, renderer
 
     argv = command(llama_paths, dataset_file, tmp_path, batch_size=2, probe_k_grid=[0, 4])
     monkeypatch.setattr(suggest_cli, "_load_models", student_interrupted_at_its_second_batch)
@@ -368,10 +368,10 @@ def test_suggest_k_interrupted_in_the_probe_reuses_the_lengths_measured(
 
     def teacher_interrupted_at(call):
         def load(*args):
-            student, teacher, tokenizer = load_models(*args)
+            student, teacher, tokenizer, renderer = load_models(*args)
             teacher.generate = failing_on_call(teacher.generate, call, KeyboardInterrupt())
             counters.append(teacher.generate)
-            return student, teacher, tokenizer
+            return student, teacher, tokenizer, renderer
 
         return load
 
@@ -468,3 +468,75 @@ def test_pairs_the_trainer_would_align_or_cut_are_refused_before_loading(
     assert main(command(paths, dataset_file, tmp_path)) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "do not share one vocabulary" in err and message in err and "Traceback" not in err
+
+
+def test_suggest_k_renders_the_prompts_as_training_does(tokenizer, tmp_path, capsys):
+    """`--system_prompt`, `--chat_template_kwargs` and the teacher's own view (`--teacher_chat_template teacher` with
+    its kwargs): the saved per-token KL equals one computed here by hand, from prompts rendered here with each model's
+    template, and differs from the KL with the student's rendering for both (so the options reach the scores)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from trl_esr.demo.tiny_models import CHAT_TEMPLATE
+
+    def with_template(after_turn: str):
+        templated = copy.deepcopy(tokenizer)
+        templated.chat_template = CHAT_TEMPLATE.replace(
+            "<|assistant|>{% endif %}", f"<|assistant|>{after_turn}{{% endif %}}"
+        )
+        return templated
+
+    switch = "{% if enable_thinking is false %} w38 w39{% endif %}"  # Qwen3's: an empty thinking block
+    student_tok, teacher_tok = with_template(switch), with_template(" w36" + switch)  # the teacher's template differs
+    paths = {
+        "student": save_pretrained(build_tiny_causal_lm(tokenizer, "llama", hidden_size=32, seed=0), student_tok,
+                                   tmp_path / "student"),
+        "teacher": save_pretrained(build_tiny_causal_lm(tokenizer, "llama", hidden_size=48, seed=1), teacher_tok,
+                                   tmp_path / "teacher"),
+    }  # fmt: skip
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"problem": " ".join(WORDS[i : i + 3])}) + "\n" for i in range(4)))
+    off = json.dumps({"enable_thinking": False})
+    prompt_options = dict(prompt_column="problem", system_prompt="w30", chat_template_kwargs=off,
+                          teacher_chat_template="teacher", teacher_chat_template_kwargs=off)  # fmt: skip
+    argv = command(paths, str(problems), tmp_path / "out", num_prompts=4, **prompt_options)
+    assert main(argv) in (EXIT_RECOMMENDED, EXIT_NO_RECOMMENDATION), capsys.readouterr().err
+    out = tmp_path / "out"
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    scores = {row["index"]: row for row in map(json.loads, (out / "scores.jsonl").read_text().splitlines())}
+    report = json.loads((out / "diagnostics.json").read_text())
+    assert report["settings"]["chat_template_kwargs"] == {"enable_thinking": False}
+    assert report["settings"]["teacher_chat_template"] == "teacher"
+
+    student = AutoModelForCausalLM.from_pretrained(paths["student"]).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(paths["teacher"]).eval()
+
+    def kl(row, teacher_template):
+        prompt = row["prompt"]
+        assert prompt[0] == {"role": "system", "content": "w30"}  # the system prompt was put first
+        s_ids = student_tok.apply_chat_template(prompt, add_generation_prompt=True, enable_thinking=False)["input_ids"]
+        t_ids = teacher_template.apply_chat_template(prompt, add_generation_prompt=True,
+                                                     enable_thinking=False)["input_ids"]  # fmt: skip
+        completion = row["completion_ids"]
+        with torch.no_grad():
+            s = student(torch.tensor([s_ids + completion])).logits[0, len(s_ids) - 1 : -1].log_softmax(-1)
+            t = teacher(torch.tensor([t_ids + completion])).logits[0, len(t_ids) - 1 : -1].log_softmax(-1)
+        return F.kl_div(t, s, log_target=True, reduction="none").sum(-1)  # KL(student || teacher) per position
+
+    for row in rollouts:
+        saved = torch.tensor(scores[row["index"]]["reverse_kl"])
+        assert torch.allclose(saved, kl(row, teacher_tok), atol=1e-5)
+        assert not torch.allclose(saved, kl(row, student_tok), atol=1e-4)  # the teacher's own view made a difference
+
+
+def test_suggest_k_prompt_options_are_checked_before_loading(llama_paths, tmp_path, capsys):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"problem": w}) + "\n" for w in WORDS[:4]))
+    argv = command(llama_paths, str(problems), tmp_path / "out", prompt_column="problem")
+    assert main([*argv, "--chat_template_kwargs", "[1]"]) == EXIT_BAD_INPUT
+    assert "`--chat_template_kwargs` must be a JSON object" in capsys.readouterr().err
+    assert main([*argv, "--teacher_chat_template", "teacher"]) == EXIT_BAD_INPUT  # plain-text prompts
+    assert "apply to chat prompts" in capsys.readouterr().err

@@ -334,3 +334,151 @@ def test_evaluate_help_lists_its_options():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--model_name_or_path" in result.stdout and "--responses_file" in result.stdout
+
+
+# Review fixes: options refused before the model loads, chat-template arguments, answers and sampling.
+
+
+def model_folder(tokenizer, path, chat_template: str | None = "unchanged") -> str:
+    """A tiny Llama model saved with a copy of `tokenizer` whose chat template is `chat_template` (None: none)."""
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)
+    if chat_template != "unchanged":
+        tokenizer.chat_template = chat_template
+    return save_pretrained(build_tiny_causal_lm(tokenizer, "llama", hidden_size=32), tokenizer, path)
+
+
+def forbid_loading_the_model(monkeypatch) -> list:
+    """Make loading the model fail the test; returns the list of attempts."""
+    import trl_esr.inference as inference
+
+    attempts = []
+    monkeypatch.setattr(inference, "load_causal_lm", lambda *args, **kwargs: attempts.append(args) or 1 / 0)
+    return attempts
+
+
+def test_greedy_with_several_responses_is_refused_before_the_model_loads(three_problems, monkeypatch, capsys):
+    """HF `generate` refuses `num_return_sequences` > 1 when greedy; the command says so before loading anything."""
+    import trl_esr.inference as inference
+
+    load_causal_lm = inference.load_causal_lm
+    attempts = forbid_loading_the_model(monkeypatch)
+    assert main(three_problems(temperature=0)) == 2  # n = 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert attempts == [] and len(err) == 1
+    assert "`--n` 2 with `--temperature` 0" in err[0] and "Use `--n 1`" in err[0]
+    monkeypatch.setattr(inference, "load_causal_lm", load_causal_lm)
+    assert main(three_problems(temperature=0, n=1)) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1
+
+
+THINKING_TEMPLATE = (  # Qwen3's switch, in the word tokenizer's format: `w39` marks the non-thinking prompt
+    "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} <eos> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %} w39"
+    "{% endif %}{% endif %}"
+)
+
+
+def test_chat_template_kwargs_reach_the_template(tokenizer, tmp_path, monkeypatch, capsys):
+    """`--chat_template_kwargs` (JSON, as TRL's option) renders the prompts the model sees as the template renders
+    them with those arguments; a YAML `--config` gives the mapping itself; malformed JSON is one line, exit 2."""
+    import copy
+
+    from trl_esr.scripts import evaluate_boxed
+
+    model = model_folder(tokenizer, tmp_path / "m", THINKING_TEMPLATE)
+    data = tmp_path / "math.jsonl"
+    Dataset.from_dict({"problem": ["w1 w2", "w3"], "answer": ["w1", "w2"]}).to_json(data)
+    seen, generate_hf = [], evaluate_boxed.generate_hf
+    monkeypatch.setattr(evaluate_boxed, "generate_hf", lambda m, t, prompts, *a, **k: seen.append(prompts)
+                        or generate_hf(m, t, prompts, *a, **k))  # fmt: skip
+    argv = ["--model_name_or_path", model, "--dataset_name", str(data), "--n", "1", "--temperature", "0",
+            "--max_new_tokens", "2", "--system_prompt", "w9"]  # fmt: skip
+    assert main([*argv, "--chat_template_kwargs", '{"enable_thinking": false}']) == 0
+    assert main(argv) == 0
+    thinking = copy.deepcopy(tokenizer)
+    thinking.chat_template = THINKING_TEMPLATE
+    expected = [
+        thinking.apply_chat_template([[{"role": "system", "content": "w9"}, {"role": "user", "content": p}]
+                                      for p in ("w1 w2", "w3")], add_generation_prompt=True, tokenize=False, **kwargs)
+        for kwargs in ({"enable_thinking": False}, {})
+    ]  # fmt: skip
+    assert seen == expected and all(p.endswith("<|assistant|> w39") for p in seen[0]) and "w39" not in seen[1][0]
+
+    config = tmp_path / "evaluate.yaml"
+    config.write_text("chat_template_kwargs:\n  enable_thinking: false\n")
+    script_args, _ = evaluate_boxed.make_parser().parse_args_and_config(args=["--config", str(config)])
+    assert script_args.chat_template_kwargs == {"enable_thinking": False}
+    capsys.readouterr()
+    for bad in ("{enable_thinking: false}", '["enable_thinking"]'):
+        assert main([*argv, "--chat_template_kwargs", bad]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("evaluate_boxed: error: `--chat_template_kwargs`") and "JSON" in line
+
+
+def test_an_escaped_dollar_is_removed_whole():
+    r"""`\$` goes before `$`: removing `$` first left `\$18.90` as `\18.90`, which matched nothing."""
+    assert normalize_answer(r"\$18.90") == "18.90" and normalize_answer(r"$\$5$") == "5"
+    assert answers_match(r"\$18.90", "18.90") and answers_match(r"\$1.50", "1.5")
+
+
+def test_a_responses_file_with_numeric_answers(tmp_path):
+    """JSON numbers as answers (`{"answer": 5}`) are read as `load_problems` reads a dataset's: as strings."""
+    rows = [
+        {"answer": 5, "responses": [r"\boxed{5}", r"\boxed{6}"]},
+        {"answer": 0.5, "responses": [r"\boxed{\frac12}", "x"]},
+    ]
+    path, out = tmp_path / "responses.jsonl", tmp_path / "scored.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    scores = evaluate(EvaluateArguments(responses_file=str(path), output_file=str(out)), InferenceModelConfig())
+    assert (scores["avg@2"], scores["pass@2"]) == (50.0, 100.0)
+    saved = [(row["answer"], row["correct"]) for row in read_rows(out)]
+    assert saved == [("5", [True, False]), ("0.5", [True, False])]
+
+
+GEMMA2_SYSTEM_CHECK = (  # Gemma-2-it's template refuses a system turn
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+)
+
+
+def test_a_prompt_the_template_refuses_fails_before_the_model_loads(tokenizer, tmp_path, monkeypatch, capsys):
+    """A template that refuses the system message (Gemma-2's), or no template at all: one line naming
+    `--system_prompt`, exit 2, and the model never loads; `--system_prompt ""` then evaluates."""
+    import trl_esr.inference as inference
+
+    gemma_like = model_folder(tokenizer, tmp_path / "gemma_like", GEMMA2_SYSTEM_CHECK + tokenizer.chat_template)
+    no_template = model_folder(tokenizer, tmp_path / "base", None)
+    data = tmp_path / "math.jsonl"
+    Dataset.from_dict({"problem": ["w1 w2"], "answer": ["w1"]}).to_json(data)
+    argv = ["--dataset_name", str(data), "--n", "1", "--temperature", "0", "--max_new_tokens", "2"]
+    load_causal_lm = inference.load_causal_lm
+    attempts = forbid_loading_the_model(monkeypatch)
+    for model, reason, fix in ((gemma_like, "System role not supported", 'set `--system_prompt ""`'),
+                               (no_template, "has no chat template", "after `--system_prompt`")):  # fmt: skip
+        assert main(["--model_name_or_path", model, *argv]) == 2
+        err = capsys.readouterr().err  # the dataset's progress bars, then the error: one line, no traceback
+        line = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and line.startswith("evaluate_boxed: error: The ")
+        assert reason in line and fix in line
+    assert attempts == []
+    monkeypatch.setattr(inference, "load_causal_lm", load_causal_lm)
+    assert main(["--model_name_or_path", gemma_like, *argv, "--system_prompt", ""]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == 1
+
+
+def test_sampling_ignores_the_checkpoints_generation_config(tokenizer):
+    """A checkpoint's `generation_config.top_k = 1` would make every sample the greedy response: `generate_hf` samples
+    with temperature and top-p only, so the samples at T = 1 differ from it (and from each other)."""
+    import torch
+
+    from trl_esr.evaluation import chat_prompts, generate_hf
+
+    model = build_tiny_causal_lm(tokenizer, "llama", hidden_size=32).eval()
+    model.generation_config.top_k = 1
+    prompts = chat_prompts(tokenizer, ["w1 w2", "w3"], None)
+    greedy = [rs[0].text for rs in generate_hf(model, tokenizer, prompts, 1, 0, 1.0, 6)]
+    torch.manual_seed(0)
+    sampled = [[r.text for r in rs] for rs in generate_hf(model, tokenizer, prompts, 4, 1.0, 1.0, 6)]
+    assert all(len(set(texts)) > 1 and set(texts) != {g} for texts, g in zip(sampled, greedy, strict=True))
+    assert model.generation_config.top_k == 1  # the model's own config is left as it was

@@ -1,12 +1,18 @@
 """Issue 13 (hardening, round 2): every bad input fails with one message naming the option and the fix, before any
 model is loaded where possible, and finished work is never lost. One test per row of docs/reliability.md's
 "Command line" table that is not covered in test_validation.py, test_script.py, test_guards.py or
-test_diagnostics_cli.py."""
+test_diagnostics_cli.py; then the training guards when the same trainer is resumed or `train()` raises."""
 
 import json
+import math
+import os
+import signal
 
 import pytest
+import torch
 from datasets import Dataset
+from helpers import LearningRateJump
+from transformers import TrainerCallback
 
 import trl_esr.inference as inference
 from trl_esr.demo.tiny_models import build_tiny_causal_lm, save_pretrained
@@ -144,3 +150,119 @@ def test_help_imports_nothing_heavy(command):
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
     assert HELP_LINES[command] in result.stdout
+
+
+# Training callbacks (trl_esr/guards.py): the same trainer resumes after a stop, and no signal handler outlives
+# `train()`, however it ends ("Faults during training" in docs/reliability.md)
+
+
+class SignalAtStep(TrainerCallback):
+    """Sends SIGINT to this process at the end of step `step` (a run resumed from that step starts past it)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class FailAtStep(TrainerCallback):
+    """Raises at the end of step `step` (None: never), as any error inside `train()` would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise ValueError(f"failed at step {self.step}")
+
+
+@pytest.fixture
+def outside_handlers():
+    """Recording handlers for SIGINT and SIGTERM, as a notebook or a launcher installs its own (whatever the test
+    process had is put back afterwards); the signals they receive are listed."""
+    received = []
+
+    def record(signum, frame):
+        received.append(signum)
+
+    originals = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield record, received
+    for sig, handler in originals.items():
+        signal.signal(sig, handler)
+
+
+def logged_steps(trainer) -> list[int]:
+    return [entry["step"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_the_same_trainer_resumes_after_an_interrupt(make_trainer, make_args, tmp_path, outside_handlers):
+    out = tmp_path / "interrupted"
+    trainer = make_trainer(make_args(max_steps=4, output_dir=str(out)), callbacks=[SignalAtStep(2)])
+    with pytest.raises(KeyboardInterrupt, match="Interrupted at step 2"):
+        trainer.train()
+    try:  # what the KeyboardInterrupt's message says to do
+        trainer.train(resume_from_checkpoint=True)
+    except KeyboardInterrupt as error:  # not raised out of the test: pytest would stop the session
+        pytest.fail(f"the resumed run stopped again without a signal: {error}")
+    assert trainer.state.global_step == 4
+    assert logged_steps(trainer) == [1, 2, 3, 4]  # the checkpoint's history, then the steps run on resume
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    record, received = outside_handlers
+    assert signal.getsignal(signal.SIGINT) is record and received == []
+
+
+def test_the_same_trainer_resumes_after_nonfinite_weights(make_trainer, make_args, tmp_path):
+    out = tmp_path / "nan_weights"
+    args = make_args(max_steps=5, output_dir=str(out), save_strategy="steps", save_steps=1)
+    jump = LearningRateJump(3, float("nan"))
+    trainer = make_trainer(args, callbacks=[jump])
+    with pytest.raises(RuntimeError, match="stopped at step 3: the update left non-finite weights"):
+        trainer.train()
+    jump.step = math.inf  # the schedule is fixed; resume as the error says
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert trainer.state.global_step == 5
+    assert logged_steps(trainer) == [1, 2, 3, 4, 5]
+    assert [e["esr/nonfinite_steps"] for e in trainer.state.log_history if "loss" in e][2:] == [0, 0, 0]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == [
+        f"checkpoint-{step}" for step in range(1, 6)
+    ]
+
+
+def test_a_train_that_raises_on_nonfinite_weights_restores_the_signal_handlers(
+    make_trainer, make_args, tmp_path, outside_handlers
+):
+    record, received = outside_handlers
+    trainer = make_trainer(make_args(max_steps=4, output_dir=str(tmp_path / "o")),
+                           callbacks=[LearningRateJump(2, float("nan"))])  # fmt: skip
+    with pytest.raises(RuntimeError, match="non-finite weights"):
+        trainer.train()
+    assert signal.getsignal(signal.SIGINT) is record and signal.getsignal(signal.SIGTERM) is record
+
+
+def test_a_signal_after_a_train_that_raised_reaches_the_previous_handler(make_trainer, make_args, outside_handlers):
+    """transformers skips `on_train_end` when `train()` raises, which left our handler installed: the next Ctrl-C
+    (a notebook's, between cells) must reach the handler it replaced, not be taken for a request to checkpoint."""
+    record, received = outside_handlers
+    trainer = make_trainer(make_args(max_steps=3), callbacks=[FailAtStep(1)])
+    with pytest.raises(ValueError, match="failed at step 1"):
+        trainer.train()
+    signal.raise_signal(signal.SIGINT)
+    assert received == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is record and signal.getsignal(signal.SIGTERM) is record
+
+
+def test_a_train_after_one_that_raised_restores_the_original_handlers(make_trainer, make_args, outside_handlers):
+    record, received = outside_handlers
+    failure = FailAtStep(1)
+    trainer = make_trainer(make_args(max_steps=2), callbacks=[failure])
+    with pytest.raises(ValueError, match="failed at step 1"):
+        trainer.train()
+    failure.step = None
+    trainer.train()  # starts over: no checkpoint was written
+    assert trainer.state.global_step == 2
+    assert signal.getsignal(signal.SIGINT) is record and signal.getsignal(signal.SIGTERM) is record
+    signal.raise_signal(signal.SIGINT)
+    assert received == [signal.SIGINT]

@@ -44,6 +44,13 @@ def test_noisy_kl_needs_consecutive_rises():
     assert state.best == 0.9 and state.best_step == 3
 
 
+def test_a_non_finite_measurement_is_neither_a_best_nor_a_baseline():
+    assert HorizonGuardState().observe(1, 8, float("nan"), 0.2, 1) == (False, False)  # not saved as the best
+    acted, state = run_rule([float("nan"), 1.0, 1.1, float("inf"), 1.25, 1.3])  # threshold 1.2 from step 2's 1.0
+    assert acted == [6]
+    assert (state.baseline, state.best, state.best_step) == (1.0, 1.0, 2)
+
+
 def test_tolerance_is_relative_to_the_first_measurement():
     assert run_rule([10.0, 11.0, 11.0], tolerance=0.05, patience=2)[0] == [3]
     assert run_rule([10.0, 11.0, 11.0], tolerance=0.2, patience=2)[0] == []
@@ -139,12 +146,34 @@ def test_stop_saves_the_best_checkpoint_and_stops(make_trainer, make_args, scrip
     checkpoints = sorted(name for name in os.listdir(args.output_dir) if name.startswith("checkpoint-"))
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]  # each new best, nothing after
     with open(os.path.join(best, "trainer_state.json")) as f:
-        assert json.load(f)["global_step"] == 2
+        saved_state = json.load(f)
+    assert saved_state["global_step"] == 2
+    assert saved_state["best_model_checkpoint"] == best  # its own state names it (what a resume from it reads)
     saved = load_file(os.path.join(best, "model.safetensors"))
     final = dict(trainer.model.named_parameters())
     moved = [name for name, tensor in saved.items() if name in final and not torch.equal(tensor, final[name])]
     assert moved  # the checkpoint holds step 2's weights, not the last step's
     assert trainer._horizon_guard.state.stopped_at == 4
+
+
+def test_resuming_from_the_best_checkpoint_keeps_it_through_rotation(make_trainer, make_args, scripted_kl):
+    """The resumed run reads `best_model_checkpoint` from the best checkpoint's own trainer_state.json; rotation
+    (`save_total_limit=2`) protects only that one and the latest, so a stale value there deletes the best."""
+    stop = dict(esr_horizon_guard="stop", save_strategy="steps", save_steps=1, save_total_limit=2)
+    scripted_kl["values"] = [1.0, 0.8]  # the best at step 2, the last step of this run
+    first = make_trainer(guard_args(make_args, max_steps=2, **stop))
+    first.train()
+    best = os.path.join(first.args.output_dir, "checkpoint-2")
+
+    scripted_kl["values"] = [1.1, 1.3, 1.5]  # no new best; > 1.2 at steps 4 and 5: stops at 5
+    resumed = make_trainer(guard_args(make_args, max_steps=8, **stop))
+    resumed.train(resume_from_checkpoint=best)
+    assert resumed.state.global_step == 5
+    checkpoints = sorted(name for name in os.listdir(first.args.output_dir) if name.startswith("checkpoint-"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-5"]  # the best and the latest
+    assert resumed.state.best_model_checkpoint == best
+    with open(os.path.join(first.args.output_dir, "checkpoint-5", "trainer_state.json")) as f:
+        assert json.load(f)["best_model_checkpoint"] == best
 
 
 def test_grow_multiplies_k_up_to_max_completion_length(make_trainer, make_args, scripted_kl):

@@ -303,6 +303,9 @@ def test_prompt_column_strings_and_existing_system_messages():
 def test_dataset_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="--prompt_column"):
         to_prompt_dataset(Dataset.from_dict({"question": ["q"]}))
+    numina = Dataset.from_dict({"problem": ["p"], "messages": [[{"role": "user", "content": "m"}]]})
+    with pytest.raises(ValueError, match=r"no 'problme' column \(`--prompt_column`\); its columns are \['problem'"):
+        to_prompt_dataset(numina, prompt_column="problme")  # a typo: not silently the `messages` column
     with pytest.raises(ValueError, match="end with a user turn"):
         to_prompt_dataset(Dataset.from_dict({"messages": [[{"role": "assistant", "content": "a"}]]}))
     with pytest.raises(ValueError, match="exactly one dataset source"):
@@ -347,6 +350,8 @@ def test_bad_train_options_fail_in_one_line_before_loading(llama_paths, chat_dat
          "`--teacher_model_name_or_path` './models/teachr' not found"),
         (["--dataset_name", chat_dataset_dir, "--teacher_model_name_or_path", str(tmp_path / "not_a_model")],
          "is a folder but not a model"),
+        (["--dataset_name", chat_dataset_dir, "--teacher_tokenizer_name_or_path", str(tmp_path / "not_a_model")],
+         "is a folder but not a tokenizer: it holds no tokenizer_config.json or tokenizer.json"),
         (["--dataset_name", "data/prompts.jsonl"], "`--dataset_name` 'data/prompts.jsonl' not found"),
         (["--dataset_files", str(tmp_path / "missing.jsonl")], "not found"),
         (["--dataset_files", str(tmp_path / "broken.jsonl")], "broken.jsonl line 2 is not valid JSON"),

@@ -3,6 +3,7 @@
 If one of these fails after a TRL upgrade, the shim (not the trainer) is what needs updating.
 """
 
+import copy
 import inspect
 import re
 from types import SimpleNamespace
@@ -259,3 +260,26 @@ def test_pad_left_pads_like_trls_prompts():
     rows = [torch.tensor([1, 2, 3]), torch.tensor([4])]
     assert _trl_compat.pad(rows, padding_value=0, padding_side="left").tolist() == [[1, 2, 3], [0, 0, 4]]
     assert _trl_compat.pad(rows, padding_value=9).tolist() == [[1, 2, 3], [4, 9, 9]]
+
+
+def test_chat_template_options_are_what_trl_renders_training_prompts_with(make_trainer, make_args, tokenizer):
+    """TRL's `_tokenize_prompts` renders with the trainer's tools, training chat template and `chat_template_kwargs`
+    (read from its source), and `render_prompts` with `chat_template_options` gives TRL's ids on a template that reads
+    a keyword."""
+    from trl_esr.prompts import render_prompts
+
+    source = statements(inspect.getsource(DistillationTrainer._tokenize_prompts))
+    for passed in ("tools=self.tools or None,", "chat_template=self.chat_template,", "**self.chat_template_kwargs,"):
+        assert passed in source, passed
+    init = statements(inspect.getsource(DistillationTrainer.__init__))
+    assert "self.chat_template_kwargs = args.chat_template_kwargs or {}" in init
+    switch = tokenizer.chat_template.replace("{% endif %}", "{% if flag %} w30{% endif %}{% endif %}", 1)
+    flagged = copy.deepcopy(tokenizer)  # the session's tokenizer stays as it is
+    flagged.chat_template = switch
+    trainer = make_trainer(make_args(config_class=DistillationConfig, chat_template_kwargs={"flag": True}),
+                           DistillationTrainer, processing_class=flagged)  # fmt: skip
+    prompts = [[{"role": "user", "content": "w1 w2"}], [{"role": "user", "content": "w3"}]]
+    expected, _, _ = trainer._tokenize_prompts(prompts)
+    options = _trl_compat.chat_template_options(trainer)
+    assert render_prompts(flagged, prompts, **options) == [list(ids) for ids in expected]
+    assert all(flagged.convert_tokens_to_ids("w30") in ids for ids in expected)

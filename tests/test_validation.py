@@ -109,3 +109,16 @@ def test_student_built_from_config_needs_its_tokenizer(make_trainer, tokenizer, 
 def test_sampling_options_fail_at_config_time(make_args, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_args(**overrides)
+
+
+def test_a_tokenizer_folder_is_a_valid_teacher_tokenizer_path(tokenizer, tmp_path):
+    """`tokenizer.save_pretrained` writes no config.json; AutoTokenizer loads the folder, so the check accepts it."""
+    from transformers import AutoTokenizer
+
+    from trl_esr.validation import check_model_path
+
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    assert AutoTokenizer.from_pretrained(tmp_path / "tokenizer").get_vocab() == tokenizer.get_vocab()
+    check_model_path("teacher_tokenizer_name_or_path", str(tmp_path / "tokenizer"), tokenizer=True)
+    with pytest.raises(ValueError, match="is a folder but not a model"):
+        check_model_path("teacher_model_name_or_path", str(tmp_path / "tokenizer"))

@@ -24,6 +24,9 @@ What we rely on:
   through `trainer.generation_config.suppress_tokens` (HF) and `trainer.vllm_generation.generation_kwargs` (vLLM).
 - `trl.trainer.utils.get_config_model_id(config)` is the name TRL gives a model instance (its config's
   `_name_or_path`), and `trl.trainer.utils.pad` left- or right-pads a list of tensors.
+- `DistillationTrainer._tokenize_prompts` renders chat prompts with `tools=trainer.tools or None`,
+  `chat_template=trainer.chat_template` (a prefix-preserving training template when tools are given, else `None`) and
+  `**trainer.chat_template_kwargs` (`args.chat_template_kwargs`, e.g. `enable_thinking=False`).
 - `trainer._tokenizer` is the text tokenizer (the processing class itself, or a processor's tokenizer), with the pad
   token TRL defaults to EOS.
 - For a teacher TRL would refuse (another head size), `load_teacher` / `prepare_teacher` repeat what
@@ -140,6 +143,14 @@ def stop_token_ids(trainer) -> list[int]:
     """Every id that ends a rollout: TRL stops generation on the student's whole generation-config EOS list (plus the
     tokenizer's EOS), e.g. 128001, 128008 and 128009 for Llama-3-Instruct."""
     return trainer.eos_token_ids
+
+
+def chat_template_options(trainer) -> dict:
+    """The keyword arguments TRL renders the training prompts' chat template with (`trl_esr.prompts.render_prompts`
+    takes them as they are): `tools`, `chat_template` and `args.chat_template_kwargs`. Anything else that starts from
+    "the prompt the student sees" (the diagnostics' rollouts, the boxed-accuracy callback, the prompt-length check)
+    renders with them, or a Qwen3 student trained with `enable_thinking=False` is measured in thinking mode."""
+    return {"tools": trainer.tools or None, "chat_template": trainer.chat_template, **trainer.chat_template_kwargs}
 
 
 def tokenizer_of(trainer):

@@ -11,7 +11,7 @@ logs (and in TensorBoard / W&B, and `trainer_state.json`).
 
 from transformers import TrainerCallback
 
-from ._trl_compat import metrics
+from ._trl_compat import chat_template_options, metrics
 from .evaluation import PAPER_SYSTEM_PROMPT, Response, chat_prompts, generate_hf, score_generated
 
 
@@ -29,10 +29,12 @@ class BoxedAccuracyCallback(TrainerCallback):
 
     Args:
         trainer: the trainer whose student is measured (its `processing_class` renders the prompts).
-        problems: the problems' text; each becomes a user turn after `system_prompt`, in the student's chat template.
+        problems: the problems' text; each becomes a user turn after `system_prompt`, in the student's chat template
+            rendered as TRL renders the training prompts (`chat_template_kwargs` such as `enable_thinking=False`).
         answers: the reference answers, one per problem (compared as `trl-esr evaluate` compares them).
         every_n_steps: measure when `global_step` is a multiple of this.
-        n, temperature, top_p, max_new_tokens: responses per problem and their sampling.
+        n, temperature, top_p, max_new_tokens: responses per problem and their sampling (temperature and top-p
+            only, nothing from the student's generation config); greedy (`temperature=0`) takes `n=1`.
         system_prompt: the system message, as in training (default: the paper's, asking for a `\boxed{}` answer).
         batch_size: prompts per `generate` call; defaults to `max(8, per_device_train_batch_size)` (training already
             generates that many at once).
@@ -69,6 +71,11 @@ class BoxedAccuracyCallback(TrainerCallback):
             raise ValueError(
                 f"`temperature` must be >= 0 (0 = greedy) and `top_p` in (0, 1]; got {temperature}, {top_p}."
             )
+        if temperature == 0 and n > 1:  # HF `generate` refuses it, at the first measurement
+            raise ValueError(
+                f"`n` = {n} with `temperature` 0: greedy decoding gives {n} identical responses. Use `n=1` (or a "
+                "`temperature` above 0 to sample)."
+            )
         if answer_from not in ("last", "first"):
             raise ValueError(f"`answer_from` must be 'last' or 'first', got {answer_from!r}.")
         if sharded_student(trainer):
@@ -80,7 +87,7 @@ class BoxedAccuracyCallback(TrainerCallback):
         self.answers = [str(answer) for answer in answers]
         # text prompts: a processor's tokenizer (a VLM checkpoint's, such as Qwen3.5's, trained on text)
         self.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-        self.prompts = chat_prompts(self.tokenizer, list(problems), system_prompt)
+        self.prompts = chat_prompts(self.tokenizer, list(problems), system_prompt, **chat_template_options(trainer))
         self.sampling = (n, temperature, top_p, max_new_tokens)
         self.batch_size = batch_size
         self.seed = trainer.args.seed if seed is None else seed

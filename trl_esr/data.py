@@ -48,16 +48,23 @@ def to_prompt_dataset(
 ) -> Dataset | IterableDataset:
     """Return `dataset` with a `prompt` column TRL's distillation trainers accept.
 
-    The prompt comes from `prompt_column` when the dataset has it (a string or a list of chat messages), otherwise
-    from a `messages` column without its final assistant turn. With `system_prompt`, every prompt becomes a
-    conversation that starts with that system message (a string prompt becomes the user turn), unless it already
-    starts with a system message. The source column is replaced; other columns are kept (the trainer drops them).
+    The prompt comes from `prompt_column` when the dataset has it (a string or a list of chat messages), otherwise,
+    for the default `"prompt"` only, from a `messages` column without its final assistant turn (a column named on
+    purpose and missing, a typo such as `--prompt_column problme`, is an error, not a silent switch to `messages`).
+    With `system_prompt`, every prompt becomes a conversation that starts with that system message (a string prompt
+    becomes the user turn), unless it already starts with a system message. The source column is replaced; other
+    columns are kept (the trainer drops them).
     """
     columns = dataset.column_names
     if prompt_column in columns:
         source = prompt_column
-    elif "messages" in columns:
+    elif "messages" in columns and prompt_column == "prompt":
         source = "messages"
+    elif prompt_column != "prompt":
+        raise ValueError(
+            f"The dataset has no {prompt_column!r} column (`--prompt_column`); its columns are {columns}. Check the "
+            "spelling, or leave `--prompt_column` unset to use a 'prompt' or 'messages' column."
+        )
     else:
         raise ValueError(
             f"The dataset has no {prompt_column!r} column and no 'messages' column to build prompts from; its columns "

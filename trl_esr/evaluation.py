@@ -12,7 +12,8 @@ both are the same rational number (`\frac{1}{2}`, `1/2`, `0.5`). It is a string 
 
 Scoring needs no model: `score_responses(responses, references)` on any list of responses. To generate them,
 `chat_prompts` renders each problem the way the trainer renders prompts (`trl_esr.prompts`), and `generate_hf` /
-`generate_vllm` sample n responses per prompt, each a `Response` (its text and its length in tokens).
+`generate_vllm` sample n responses per prompt with the temperature and top-p only (nothing from the checkpoint's
+generation config), each a `Response` (its text and its length in tokens).
 
 Next to the accuracy, the scores hold the paper's signs of a degenerating run: the share of responses with several
 `\boxed{}` (89 % of a degraded full-rollout run's responses in the paper) and the response lengths (`length_stats`:
@@ -61,7 +62,8 @@ def extract_answer(text: str, answer_from: str = "last") -> str | None:
     return answers[-1] if answer_from == "last" else answers[0]
 
 
-_DELETED = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "$", r"\displaystyle"]
+# `\$` before `$`: removing `$` first would leave `\$18.90` as `\18.90`
+_DELETED = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", r"\$", "$", r"\displaystyle"]
 _DEGREES = [r"^{\circ}", r"^\circ", "°"]
 _TEXT_COMMANDS = r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}"
 
@@ -235,26 +237,30 @@ class Response(NamedTuple):
     truncated: bool
 
 
-def chat_prompts(tokenizer, problems: list[str], system_prompt: str | None) -> list[str]:
-    """Each problem as the text the model sees: its chat template with the optional system prompt."""
+def chat_prompts(tokenizer, problems: list[str], system_prompt: str | None, **template_options) -> list[str]:
+    """Each problem as the text the model sees: its chat template with the optional system prompt. `template_options`
+    go to the template (`chat_template_kwargs` such as `enable_thinking=False`: render as the model was trained)."""
     from .prompts import render_prompts
 
     conversations = [
         [*([{"role": "system", "content": system_prompt}] if system_prompt else []), {"role": "user", "content": p}]
         for p in problems
     ]
-    return render_prompts(tokenizer, conversations, tokenize=False)
+    return render_prompts(tokenizer, conversations, tokenize=False, **template_options)
 
 
 def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float, max_new_tokens: int,
                 batch_size: int = 8, on_batch=None) -> list[list[Response]]:  # fmt: skip
-    """n sampled responses per prompt with HF `generate` (greedy when `temperature` is 0). `on_batch(start, batch)`,
-    if given, is called after each batch of prompts with the index of its first prompt and its responses."""
+    """n sampled responses per prompt with HF `generate` (greedy when `temperature` is 0), with temperature and top-p
+    only: nothing from the checkpoint's generation config (its `top_k`, `repetition_penalty`, ...; `trl_esr.sampling`).
+    `on_batch(start, batch)`, if given, is called after each batch of prompts with the index of its first prompt and
+    its responses."""
     import torch
 
     from .prompts import left_pad
+    from .sampling import plain_sampling
 
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    sampling = plain_sampling(temperature, top_p)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = model.generation_config.eos_token_id
     eos = tokenizer.eos_token_id if eos is None else eos  # what `generate` stops at: the generation config's EOS
@@ -280,16 +286,19 @@ def generate_hf(model, tokenizer, prompts: list[str], n: int, temperature: float
     return responses
 
 
-def generate_vllm(model_name_or_path: str, prompts: list[str], n: int, temperature: float, top_p: float,
-                  max_new_tokens: int, **llm_kwargs) -> list[list[Response]]:  # fmt: skip
-    """n sampled responses per prompt with vLLM, in one engine call; `llm_kwargs` go to `vllm.LLM` (e.g. `dtype`,
-    `revision`). `tests/vllm_engine/test_evaluation_vllm.py` checks it against `generate_hf` (greedy, vLLM's CPU
-    build)."""
+def generate_vllm(model_name_or_path: str, tokenizer, prompts: list[str], n: int, temperature: float, top_p: float,
+                  max_new_tokens: int, seed: int = 0, **llm_kwargs) -> list[list[Response]]:  # fmt: skip
+    """n sampled responses per prompt with vLLM, in one engine call, seeded with `seed`; `llm_kwargs` go to `vllm.LLM`
+    (e.g. `dtype`, `revision`). The prompts go in as token ids, tokenized as `generate_hf` does: vLLM would tokenize
+    text with the special tokens added, a second BOS after the one a Llama-3 or Gemma template writes.
+    `tests/vllm_engine/test_evaluation_vllm.py` checks it against `generate_hf` (greedy, vLLM's CPU build)."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_name_or_path, **llm_kwargs)
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # rendered text: the template wrote its tokens
+    llm = LLM(model=model_name_or_path, seed=seed, **llm_kwargs)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
-    return [[_vllm_response(c) for c in out.outputs] for out in llm.generate(prompts, params)]
+    outputs = llm.generate([{"prompt_token_ids": list(row)} for row in ids], params)
+    return [[_vllm_response(c) for c in out.outputs] for out in outputs]
 
 
 def _vllm_response(completion) -> Response:

@@ -74,6 +74,9 @@ class NonFiniteUpdateGuard(TrainerCallback):
         generation.sync_weights = sync_and_check
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # Per-run state: a trainer resumed after a stop here (lower learning rate) must not stop again at once.
+        self.skipped, self.consecutive, self.saved_before_streak = 0, 0, None
+        self.nonfinite_weights, self.nonfinite_engine_step = False, None
         self.saved_steps = [state.global_step] if state.global_step > 0 else []  # resumed from a checkpoint
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -165,7 +168,12 @@ class CheckpointOnInterrupt(TrainerCallback):
     """On SIGINT or SIGTERM, finish the current optimizer step, write a checkpoint, stop, and re-raise the interrupt.
 
     A second signal while the checkpoint is being written falls through to Python's default handling, so a user who
-    presses Ctrl-C twice is not held hostage. Resume with `trainer.train(resume_from_checkpoint=True)`.
+    presses Ctrl-C twice is not held hostage. Resume with `trainer.train(resume_from_checkpoint=True)`, on the same
+    trainer or a new one.
+
+    The handlers are installed in `on_train_begin` and restored in `on_train_end`, which `Trainer.train()` skips when
+    it raises: `ESRDistillTrainer.train` restores them in a `finally` too ([`restore`]), so after any `train()` a
+    notebook's next Ctrl-C raises `KeyboardInterrupt` again.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -175,22 +183,28 @@ class CheckpointOnInterrupt(TrainerCallback):
 
     def _handle(self, signum, frame):
         self.received = signum
-        for sig, handler in self.previous.items():  # the next signal gets the default behaviour
-            signal.signal(sig, handler)
+        self.restore()  # the next signal gets the default behaviour
         logger.warning(f"Received {signal.Signals(signum).name}: saving a checkpoint after the current step.")
 
+    def restore(self) -> None:
+        """Put back the handlers this callback replaced (a no-op when none are installed, so safe to call twice)."""
+        previous, self.previous = self.previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
     def on_train_begin(self, args, state, control, **kwargs):
-        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        self.received, self.stopped = None, False  # a resumed run starts without the signal that stopped the last
+        if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
+            return
+        self.restore()  # never save our own handler as the one to put back
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def on_step_end(self, args, state, control, **kwargs):
         if _any_process(self.trainer, self.received is not None):
             self.stopped = control.should_save = control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
+        self.restore()
         if not self.stopped:
             return
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")

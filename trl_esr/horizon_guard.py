@@ -24,9 +24,10 @@ Actions:
 
 - `"stop"`: every measurement that is the lowest so far (at the current horizon) saves a checkpoint
   (`checkpoint-<step>` in `output_dir`, whatever `save_strategy` says), which becomes
-  `trainer.state.best_model_checkpoint` (unless `metric_for_best_model` is set: that metric owns the field), so
-  checkpoint rotation (`save_total_limit`) keeps it. When the rule fires, training stops
-  (`control.should_training_stop`); the weights in memory are the last step's, the best ones are in that checkpoint.
+  `trainer.state.best_model_checkpoint` (unless `metric_for_best_model` is set: that metric owns the field) before it
+  is written, so its own `trainer_state.json` names it and checkpoint rotation (`save_total_limit`) keeps it, on
+  resume too. When the rule fires, training stops (`control.should_training_stop`); the weights in memory are the last
+  step's, the best ones are in that checkpoint.
   This is what `EarlyStoppingCallback` with `load_best_model_at_end` gives, except that the best model is not loaded
   back.
 - `"grow"`: k is multiplied by `growth` (at least +1 token), capped at `max_completion_length`; from the next step on
@@ -65,7 +66,13 @@ class HorizonGuardState:
     stopped_at: int | None = None  # the step the guard stopped training at ("stop")
 
     def observe(self, step: int, k: int, kl_beyond_k: float, tolerance: float, patience: int) -> tuple[bool, bool]:
-        """Take in one measurement of `kl_beyond_k` at horizon `k`; return `(is_new_best, should_act)`."""
+        """Take in one measurement of `kl_beyond_k` at horizon `k`; return `(is_new_best, should_act)`.
+
+        A non-finite measurement (NaN or inf: the weights or the teacher's scores are broken, which
+        `NonFiniteUpdateGuard` handles) is ignored: as a best, its broken weights would be saved as the checkpoint
+        to keep; as a baseline, every later rise would compare with NaN and never count."""
+        if not math.isfinite(kl_beyond_k):
+            return False, False
         if self.baseline_k != k:  # first measurement, or a new horizon: start over
             self.baseline, self.baseline_k, self.rises, self.best, self.best_step = kl_beyond_k, k, 0, None, None
         is_new_best = self.best is None or kl_beyond_k < self.best
@@ -119,7 +126,11 @@ class ESRHorizonGuard(TrainerCallback):
         )  # fmt: skip
         if config.esr_horizon_guard == "stop":
             if is_new_best:
-                control.should_save = True  # `on_save` records it as the best checkpoint
+                control.should_save = True
+                if args.metric_for_best_model is None:  # otherwise that metric owns the field
+                    # Before the save: `_save_checkpoint` writes it into this checkpoint's trainer_state.json, and
+                    # its rotation (`save_total_limit`) keeps it; `on_save` comes after both.
+                    state.best_model_checkpoint = self._checkpoint(args, state.global_step)
             elif should_act:
                 self.state.stopped_at = state.global_step
                 control.should_training_stop = True
@@ -139,11 +150,6 @@ class ESRHorizonGuard(TrainerCallback):
                 f"{latest.kl_beyond_k:.4g} at k={old_k}; k grows to {new_k} from step {state.global_step + 1} on."
             )
         self._record(state)
-        return control
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.state.best_step == state.global_step and args.metric_for_best_model is None:
-            state.best_model_checkpoint = self._checkpoint(args, state.global_step)
         return control
 
     def k(self, k: int | None) -> int | None:

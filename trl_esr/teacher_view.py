@@ -53,11 +53,14 @@ class TeacherPromptRenderer:
             )
         return cls(teacher_tokenizer, None, kwargs)
 
+    def prompt_ids(self, prompts: list) -> list[list[int]]:
+        """The teacher's token ids of each prompt, unpadded. Plain-text prompts (for a teacher with another tokenizer;
+        `from_config` refuses them otherwise) are tokenised as TRL tokenises the student's."""
+        return render_prompts(self.tokenizer, prompts, chat_template=self.chat_template, **self.template_kwargs)
+
     def __call__(self, prompts: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded `(ids, mask)` of shape (B, P_teacher) for a batch of prompts. Plain-text prompts (for a teacher
-        with another tokenizer; `from_config` refuses them otherwise) are tokenised as TRL tokenises the student's."""
-        ids = render_prompts(self.tokenizer, prompts, chat_template=self.chat_template, **self.template_kwargs)
-        return left_pad(ids, self.tokenizer.pad_token_id or 0, device)
+        """Left-padded `(ids, mask)` of shape (B, P_teacher) for a batch of prompts (see [`prompt_ids`])."""
+        return left_pad(self.prompt_ids(prompts), self.tokenizer.pad_token_id or 0, device)
 
 
 def teacher_inputs(

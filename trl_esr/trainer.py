@@ -13,6 +13,7 @@ from ._trl_compat import (
     LOSS_MASK_KEY,
     building_vllm_engine,
     cap_rollout_length,
+    chat_template_options,
     metrics,
     model_id,
     replace_divergence_loss,
@@ -194,9 +195,12 @@ class ESRDistillTrainer(DistillationTrainer):
         tokenizer = tokenizer_of(self)
         validation.check_tokenizer(tokenizer, train_dataset)
         context = self.model.config.get_text_config().max_position_embeddings
-        validation.check_prompt_lengths(tokenizer, train_dataset, self.args.max_completion_length, context)
+        options = chat_template_options(self)  # as TRL renders the prompts: `chat_template_kwargs`, tools
+        validation.check_prompt_lengths(tokenizer, train_dataset, self.args.max_completion_length, context, **options)
         if self._teacher_renderer is None:  # the teacher scores the student's rendering of the prompt
-            validation.warn_if_teacher_renders_differently(tokenizer, self._pairing.teacher_tokenizer, train_dataset)
+            validation.warn_if_teacher_renders_differently(
+                tokenizer, self._pairing.teacher_tokenizer, train_dataset, **options
+            )
 
     def _generate_and_score_completions(self, inputs):
         k = self._k_at_step(self.state.global_step) if self.model.training else None
@@ -270,7 +274,12 @@ class ESRDistillTrainer(DistillationTrainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         if resume_from_checkpoint is None:
             _refuse_to_train_over_checkpoints(self.args.output_dir)
-        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        finally:  # `on_train_end` is skipped when training raises: the signal handlers go back all the same
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, CheckpointOnInterrupt):
+                    callback.restore()
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         # TRL's card links `dataset_name` to the Hub; local files are named in the ESR section only.

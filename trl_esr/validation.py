@@ -98,16 +98,19 @@ def check_tokenizer(tokenizer: "PreTrainedTokenizerBase", dataset) -> None:
         )
 
 
-def check_prompt_lengths(tokenizer: "PreTrainedTokenizerBase", dataset, max_completion_length: int, context: int):
+def check_prompt_lengths(
+    tokenizer: "PreTrainedTokenizerBase", dataset, max_completion_length: int, context: int, **template_options
+):
     """Every prompt plus a full-length completion (evaluation generates up to `max_completion_length`) fits the
-    student's context window."""
+    student's context window. `template_options`: the chat template's, as TRL renders the prompts with them
+    (`trl_esr._trl_compat.chat_template_options`)."""
     from datasets import Dataset
 
     from .prompts import render_prompts
 
     if not isinstance(dataset, Dataset):
         return
-    lengths = [len(row) for row in render_prompts(tokenizer, dataset["prompt"])]
+    lengths = [len(row) for row in render_prompts(tokenizer, dataset["prompt"], **template_options)]
     longest = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[longest] + max_completion_length > context:
         too_long = sum(length + max_completion_length > context for length in lengths)
@@ -118,9 +121,11 @@ def check_prompt_lengths(tokenizer: "PreTrainedTokenizerBase", dataset, max_comp
         )
 
 
-def warn_if_teacher_renders_differently(student_tokenizer, teacher_tokenizer, dataset) -> None:
+def warn_if_teacher_renders_differently(student_tokenizer, teacher_tokenizer, dataset, **template_options) -> None:
     """The teacher scores the student's token ids as they are, rendered with the student's chat template. If the
-    teacher's own template renders the same conversation differently, its scores are biased: warn."""
+    teacher's own template renders the same conversation differently, its scores are biased: warn. `template_options`:
+    the student's rendering options (`trl_esr._trl_compat.chat_template_options`); the teacher's template gets the
+    same ones but its own template."""
     from .prompts import render_prompts
 
     if teacher_tokenizer is None or teacher_tokenizer.chat_template is None or dataset is None:
@@ -128,8 +133,9 @@ def warn_if_teacher_renders_differently(student_tokenizer, teacher_tokenizer, da
     if not _has_chat_prompts(dataset):
         return
     prompt = next(iter(dataset))["prompt"]
-    [student_text] = render_prompts(student_tokenizer, [prompt], tokenize=False)
-    [teacher_text] = render_prompts(teacher_tokenizer, [prompt], tokenize=False)
+    [student_text] = render_prompts(student_tokenizer, [prompt], tokenize=False, **template_options)
+    teacher_options = {**template_options, "chat_template": None}
+    [teacher_text] = render_prompts(teacher_tokenizer, [prompt], tokenize=False, **teacher_options)
     if student_text != teacher_text:
         logger.warning(
             "The teacher's chat template renders the first prompt differently from the student's:\n"
@@ -182,21 +188,26 @@ def _looks_like_path(name: str) -> bool:
     return False
 
 
-def check_model_path(option: str, name: str | None, adapter: bool = False, revision: str | None = None) -> None:
+def check_model_path(
+    option: str, name: str | None, adapter: bool = False, revision: str | None = None, tokenizer: bool = False
+) -> None:
     """`name` (the value of `--option`) is a model folder, or has the form of a Hub id (cached at `revision`, when
     offline).
 
-    With `adapter`, a PEFT adapter folder (`adapter_config.json`) is accepted too."""
+    With `adapter`, a PEFT adapter folder (`adapter_config.json`) is accepted too; with `tokenizer`, the folder need
+    only hold a tokenizer (`tokenizer.save_pretrained` writes no config.json)."""
     if name is None:
         return
     path = Path(name).expanduser()
     markers = ("config.json", "adapter_config.json") if adapter else ("config.json",)
+    markers = ("tokenizer_config.json", "tokenizer.json") if tokenizer else markers
+    what = "tokenizer" if tokenizer else "model"
     if path.is_file():
-        raise ValueError(f"`--{option}` {name!r} is a file; give the folder that holds the model's config.json.")
+        raise ValueError(f"`--{option}` {name!r} is a file; give the folder that holds the {what}'s {markers[0]}.")
     if path.is_dir():
         if not any((path / marker).is_file() for marker in markers):
             raise ValueError(
-                f"`--{option}` {name!r} is a folder but not a model: it holds no {' or '.join(markers)}. Point it at "
+                f"`--{option}` {name!r} is a folder but not a {what}: it holds no {' or '.join(markers)}. Point it at "
                 "the folder `save_pretrained` wrote (for a training run, `output_dir` or one of its checkpoint-N)."
             )
         return
@@ -451,3 +462,20 @@ def check_padding_number(config) -> None:
     value = config.pad_to_multiple_of
     if not (value is None or (_is_int(value) and value > 0)):
         raise _fail("pad_to_multiple_of", value, "a positive int or None", "None: no padding.")
+
+
+def json_dict(option: str, value) -> dict | None:
+    """A command-line option holding a JSON object (`--chat_template_kwargs '{"enable_thinking": false}'`), as a
+    dict; a dict (from a YAML `--config`) or `None` as it is. Anything else raises one line naming the option."""
+    import json
+
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"`--{option}` must be a JSON object, e.g. '{{\"enable_thinking\": false}}'; got {value!r} "
+                         f"({error.msg}).") from None  # fmt: skip
+    if not isinstance(parsed, dict):
+        raise ValueError(f"`--{option}` must be a JSON object (keyword arguments), got {value!r}.")
+    return parsed

@@ -7,6 +7,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerF
 
 from ..diagnostics import sample_completions, score_completions, summarize
 from ..diagnostics.per_position import seeded_sampling
+from ..sampling import plain_sampling
 from .pretrain import encode_prompts
 from .task import is_correct
 
@@ -72,10 +73,7 @@ def per_position_reverse_kl(
     prompt_ids = encode_prompts(tokenizer, pairs, n_digits)
     sampling = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
+        **plain_sampling(temperature, top_p),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from transformers import TrainerCallback
 
-from .._trl_compat import generation_config, metrics, stop_token_ids
+from .._trl_compat import chat_template_options, generation_config, metrics, stop_token_ids
 from ..config import ESRConfig
 from .per_position import PositionStats, sample_completions, score_completions, seeded_sampling
 from .prompts import prompt_from_row, tokenize_prompts
@@ -116,12 +116,11 @@ class ESRDiagnosticsCallback(TrainerCallback):
         self.greedy = getattr(trainer.args, "esr_diagnostics_greedy", False) if greedy is None else greedy
         indices = random.Random(self.seed).sample(range(len(dataset)), min(num_rollouts, len(dataset)))
         prompts = [prompt_from_row(dataset[i]) for i in indices]
-        self.prompt_ids = tokenize_prompts(trainer.processing_class, prompts)
+        self.prompt_ids = tokenize_prompts(trainer.processing_class, prompts, **chat_template_options(trainer))
         self.latest: KLMeasurement | None = None  # read by `ESRHorizonGuard`
         self.teacher_prompt_ids = None  # the teacher's own rendering, when the trainer gives it one
         if trainer.teacher_prompt_renderer is not None:
-            ids, mask = trainer.teacher_prompt_renderer(prompts, torch.device("cpu"))
-            self.teacher_prompt_ids = [row[keep.bool()].tolist() for row, keep in zip(ids, mask, strict=True)]
+            self.teacher_prompt_ids = trainer.teacher_prompt_renderer.prompt_ids(prompts)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every_n_steps != 0:

@@ -8,6 +8,14 @@ trl-esr suggest-k \\
     --max_completion_length 3584 --batch_size 8 \\
     --output_dir esr-diagnostics
 
+# the paper's prompts, as `trl-esr train` renders them: the problem column, its system prompt, a Qwen3 teacher in
+# non-thinking mode on its own template
+trl-esr suggest-k --model_name_or_path Qwen/Qwen2.5-Math-1.5B --teacher_model_name_or_path Qwen/Qwen3-1.7B \\
+    --dataset_name AI-MO/NuminaMath-CoT --prompt_column problem \\
+    --system_prompt "Please reason step by step, and put your final answer within \\boxed{}." \\
+    --teacher_chat_template teacher --teacher_chat_template_kwargs '{"enable_thinking": false}' \\
+    --max_completion_length 3584
+
 # LoRA student, both models in 4 bits (TRL's `ModelConfig` options apply to both), teacher-decay probe graded on the
 # last \\boxed{} of the `solution` column
 trl-esr suggest-k --config suggest_k.yaml --student_adapter_path my-lora --load_in_4bit \\
@@ -33,6 +41,7 @@ from trl import ModelConfig, TrlParser
 
 from .. import inference
 from ..inference import InferenceModelConfig
+from ..validation import json_dict
 from .decay import boxed_answer_checker
 from .prompts import prompt_from_row
 from .recommend import DEFAULT_THRESHOLD
@@ -113,6 +122,27 @@ class SuggestKArguments:
         default_factory=list,
         metadata={"help": "Student-prefix lengths for the teacher-decay probe, e.g. `0 100 300`; empty: no probe."},
     )
+    # The prompts as training renders them (the same options as `trl-esr train`'s): the KL curve depends on them.
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "System message put before every prompt that has none, as `trl-esr train` does."},
+    )
+    chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "The student's chat template keyword arguments (JSON), as TRL's `chat_template_kwargs`."},
+    )
+    teacher_chat_template: str | None = field(
+        default=None,
+        metadata={"help": "How the teacher sees each chat prompt, as `ESRConfig.teacher_chat_template` ('teacher')."},
+    )
+    teacher_chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for the teacher's prompt (JSON), e.g. '{\"enable_thinking\": false}'."},
+    )
+
+    def __post_init__(self):
+        for name in ("chat_template_kwargs", "teacher_chat_template_kwargs"):
+            setattr(self, name, json_dict(name, getattr(self, name)))
 
 
 def make_parser() -> TrlParser:
@@ -131,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = _load_prompt_rows(args)
         settings = _measured_settings(args, model_args, len(rows))
         resuming = check_resumable(args.output_dir, settings, [prompt_from_row(row) for row in rows])
-        student, teacher, tokenizer = _load_models(args, model_args)
+        student, teacher, tokenizer, teacher_renderer = _load_models(args, model_args, rows)
     except (ValueError, OSError) as error:
         return _bad_input(error)
     if resuming:
@@ -149,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             boxed_answer_checker(args.answer_column) if args.probe_k_grid else None,
             save_dir=args.output_dir,
             run_identity=_run_identity(args, model_args),
+            template_options=args.chat_template_kwargs,
+            teacher_prompt_renderer=teacher_renderer,
         )
     except KeyboardInterrupt as interrupt:
         return _stopped("interrupted", interrupt, EXIT_INTERRUPTED)
@@ -215,7 +247,7 @@ def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
         raise explained from error
     if len(dataset) == 0:
         raise ValueError(f"The dataset split `--dataset_split` {args.dataset_split!r} has no rows.")
-    dataset = to_prompt_dataset(dataset, args.prompt_column)  # names `--prompt_column` when it finds no prompt
+    dataset = to_prompt_dataset(dataset, args.prompt_column, args.system_prompt)  # names `--prompt_column` if none
     if args.probe_k_grid and args.answer_column not in dataset.column_names:
         raise ValueError(
             f"The teacher-decay probe grades answers from `--answer_column` '{args.answer_column}', which the dataset "
@@ -225,14 +257,16 @@ def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
     return list(dataset)
 
 
-def _load_models(args: SuggestKArguments, model_args: ModelConfig):
-    """The student (with its adapter), the teacher and the student's tokenizer. The pair is checked first, from the
-    tokenizers and the configs' head sizes, with the trainer's rule (`trl_esr.pairing.pair_kind`): the per-token KL
-    compares next-token distributions over one vocabulary, so the teacher must read the student's ids with heads of
-    the same size (the trainer's "same" pairs)."""
+def _load_models(args: SuggestKArguments, model_args: ModelConfig, rows: list[dict]):
+    """The student (with its adapter), the teacher, the student's tokenizer and the teacher's view of the prompts
+    (`trl_esr.teacher_view`, or `None`: the student's rendering). The pair and the teacher's view are checked first,
+    from the tokenizers and the configs' head sizes, with the trainer's rules (`trl_esr.pairing.pair_kind`): the
+    per-token KL compares next-token distributions over one vocabulary, so the teacher must read the student's ids
+    with heads of the same size (the trainer's "same" pairs)."""
     from transformers import AutoTokenizer
 
-    from ..pairing import head_size, pair_kind
+    from ..pairing import TokenizerPairing, head_size, pair_kind
+    from ..teacher_view import TeacherPromptRenderer
 
     student_name, teacher_name = model_args.model_name_or_path, args.teacher_model_name_or_path
     tokenizer = inference.load_tokenizer(student_name, model_args.model_revision)
@@ -255,18 +289,24 @@ def _load_models(args: SuggestKArguments, model_args: ModelConfig):
             "next-token distributions over one vocabulary, so `suggest-k` needs a teacher that reads the student's "
             "token ids with a head of the same size (the trainer supports the other pairs: docs/cross-family.md)."
         )
+    pairing = TokenizerPairing(tokenizer, teacher_tokenizer)
+    teacher_renderer = TeacherPromptRenderer.from_config(args, pairing, tokenizer, rows)
     student = inference.load_causal_lm(student_name, model_args, model_args.model_revision)
     teacher = inference.load_causal_lm(teacher_name, model_args, teacher_revision)
     if args.student_adapter_path is not None:
         from peft import PeftModel
 
         student = PeftModel.from_pretrained(student, args.student_adapter_path)
-    return student, teacher, tokenizer
+    return student, teacher, tokenizer, teacher_renderer
 
 
 # The `ModelConfig` fields that change the numbers: a run is resumed only with the same ones.
 _MODEL_OPTIONS = ("model_revision", "dtype", "attn_implementation", "load_in_4bit", "load_in_8bit",
                   "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage")  # fmt: skip
+
+
+# How the prompts are rendered (the system prompt already changes the prompts, which a resumed run must match).
+_PROMPT_OPTIONS = ("system_prompt", "chat_template_kwargs", "teacher_chat_template", "teacher_chat_template_kwargs")
 
 
 def _model_settings(args: SuggestKArguments, model_args: ModelConfig) -> dict:
@@ -279,6 +319,7 @@ def _model_settings(args: SuggestKArguments, model_args: ModelConfig) -> dict:
         "dataset": args.dataset_name or args.dataset_files,
         "dataset_split": args.dataset_split,
         "prompt_column": args.prompt_column,
+        **{name: getattr(args, name) for name in _PROMPT_OPTIONS},
     }
 
 

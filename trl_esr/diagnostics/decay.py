@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation import answers_match, extract_answer
+from ..sampling import greedy
 from .per_position import eos_token_ids, sample_completions
 
 
@@ -70,7 +71,7 @@ def teacher_decay_probe(
         prefixes = [[token for token in completion if token not in eos_ids][:k] for completion in completion_ids]
         generation_config = GenerationConfig(
             max_new_tokens=max_completion_length - k,
-            do_sample=False,
+            **greedy(),  # not the teacher's own `repetition_penalty`: the probe grades what it writes unaided
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=eos_ids,
         )

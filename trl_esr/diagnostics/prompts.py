@@ -19,7 +19,11 @@ def prompt_from_row(row: dict) -> str | list[dict]:
     raise ValueError(f"A row needs a `prompt` or a `messages` column to build a prompt from; it has {sorted(row)}.")
 
 
-def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list[dict]]) -> list[list[int]]:
+def tokenize_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list[dict]], **template_options
+) -> list[list[int]]:
     """Token ids of each prompt, as the trainer's rollouts start from them: chat messages through the chat template
-    with the generation prompt appended, plain text as is (`trl_esr.prompts.render_prompts`)."""
-    return render_prompts(tokenizer, prompts)
+    with the generation prompt appended, plain text as is (`trl_esr.prompts.render_prompts`). `template_options` are
+    the chat template's (`chat_template`, `tools`, TRL's `chat_template_kwargs` such as `enable_thinking=False`): a
+    trainer's are `trl_esr._trl_compat.chat_template_options(trainer)`."""
+    return render_prompts(tokenizer, prompts, **template_options)

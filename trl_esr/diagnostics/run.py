@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..sampling import plain_sampling
+from ..teacher_view import TeacherPromptRenderer
 from .decay import AnswerChecker, DecayResult, teacher_decay_probe
 from .per_position import (
     PositionStats,
@@ -109,6 +111,8 @@ def run_diagnostics(
     show_progress: bool = True,
     save_dir: str | Path | None = None,
     run_identity: dict | None = None,
+    template_options: dict | None = None,
+    teacher_prompt_renderer: TeacherPromptRenderer | None = None,
 ) -> DiagnosticsResult:
     """Measure where along full-length student rollouts the teacher disagrees, and recommend k.
 
@@ -119,6 +123,11 @@ def run_diagnostics(
     With `save_dir`, rollouts, scores and probe results are written there batch by batch (see the module docstring);
     an exception or `KeyboardInterrupt` then carries a note saying what was kept, and a second call with the same
     settings (and `run_identity`, e.g. the model paths, which must match too) resumes from there.
+
+    Prompts are rendered as training renders them: the student's with `template_options` (TRL's
+    `chat_template_kwargs`, such as `enable_thinking=False`), the teacher's, where it has its own view
+    (`ESRConfig.teacher_chat_template`), with `teacher_prompt_renderer`; the teacher then scores and continues each
+    rollout after its own prompt.
     """
     if settings.probe_k_grid and answer_checker is None:
         raise ValueError("`probe_k_grid` is set but `answer_checker` is None: the probe needs a way to grade answers.")
@@ -129,14 +138,17 @@ def run_diagnostics(
         saved = PartialResults.open(save_dir, measured_settings(recorded, run_identity), prompts)
     measurement = _Measurement(student, teacher, tokenizer, settings, show_progress, saved)
     try:
-        prompt_ids = tokenize_prompts(tokenizer, prompts)
+        prompt_ids = tokenize_prompts(tokenizer, prompts, **(template_options or {}))
+        teacher_prompt_ids = prompt_ids
+        if teacher_prompt_renderer is not None:  # the teacher's own view of the prompt
+            teacher_prompt_ids = teacher_prompt_renderer.prompt_ids(prompts)
         completion_ids = measurement.rollouts(prompt_ids)
-        stats = measurement.scores(prompt_ids, completion_ids)
+        stats = measurement.scores(prompt_ids, completion_ids, teacher_prompt_ids)
         summary = summarize(stats)
         recommendation = recommend_k(summary.kl_mean, summary.alive, settings.threshold)
         decay = None
         if settings.probe_k_grid:
-            decay = measurement.probe(prompt_rows, prompt_ids, completion_ids, answer_checker)
+            decay = measurement.probe(prompt_rows, teacher_prompt_ids, completion_ids, answer_checker)
         if saved is not None:
             saved.finish()
     except BaseException as error:  # KeyboardInterrupt too: say what was kept, then let it propagate
@@ -163,10 +175,7 @@ class _Measurement:
         eos_ids = eos_token_ids(self.tokenizer, self.student)
         generation_config = GenerationConfig(
             max_new_tokens=settings.max_completion_length,
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=0,  # the paper samples with temperature and top-p only
+            **plain_sampling(settings.temperature, settings.top_p),  # the paper's: no top-k, no penalty
             pad_token_id=pad_id,
             eos_token_id=eos_ids,
         )
@@ -182,26 +191,29 @@ class _Measurement:
                 self.show_progress, on_batch=on_batch,
             )  # fmt: skip
 
-    def scores(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> PositionStats:
-        """The teacher's per-position statistics of every rollout, `(N, T)`: the saved ones, then the rest."""
+    def scores(self, prompt_ids, completion_ids, teacher_prompt_ids) -> PositionStats:
+        """The teacher's per-position statistics of every rollout, `(N, T)`: the saved ones, then the rest (each
+        argument a list of token-id lists, one per rollout)."""
         length = max(len(completion) for completion in completion_ids)
         saved = self.saved
         scored = saved.scored_stats(length) if saved is not None else None
         first = 0 if scored is None else scored.mask.size(0)
         stats = score_completions(
             self.student, self.teacher, prompt_ids[first:], completion_ids[first:], self.tokenizer.pad_token_id,
-            self.settings.batch_size, self.show_progress, length=length,
+            self.settings.batch_size, self.show_progress, teacher_prompt_ids[first:], length=length,
             on_batch=None if saved is None else lambda start, batch: saved.add_scores(first + start, batch),
         )  # fmt: skip
         if scored is None:
             return stats
         return PositionStats(*(torch.cat([a, b]) for a, b in zip(_fields(scored), _fields(stats), strict=True)))
 
-    def probe(self, prompt_rows, prompt_ids, completion_ids, answer_checker: AnswerChecker) -> DecayResult:
-        """The teacher's accuracy when it continues each rollout's first k tokens, for every k of the grid."""
+    def probe(self, prompt_rows, teacher_prompt_ids, completion_ids, answer_checker: AnswerChecker) -> DecayResult:
+        """The teacher's accuracy when it continues each rollout's first k tokens (after its own prompt), for every k
+        of the grid."""
         saved = self.saved
         return teacher_decay_probe(
-            self.teacher, self.tokenizer, prompt_rows, prompt_ids, completion_ids, list(self.settings.probe_k_grid),
+            self.teacher, self.tokenizer, prompt_rows, teacher_prompt_ids, completion_ids,
+            list(self.settings.probe_k_grid),
             answer_checker, self.settings.max_completion_length, self.settings.batch_size, self.show_progress,
             done=saved.probed if saved is not None else None, on_k=saved.add_probe if saved is not None else None,
         )  # fmt: skip

@@ -187,7 +187,9 @@ def check_arguments(script_args: ESRScriptArguments, training_args: ESRConfig, m
     validation.check_model_path(
         "teacher_model_name_or_path", training_args.teacher_model_name_or_path, revision=teacher_revision
     )
-    validation.check_model_path("teacher_tokenizer_name_or_path", training_args.teacher_tokenizer_name_or_path)
+    validation.check_model_path(
+        "teacher_tokenizer_name_or_path", training_args.teacher_tokenizer_name_or_path, tokenizer=True
+    )
     script_args.dataset_name, script_args.dataset_files = validation.resolve_dataset_source(
         script_args.dataset_name, script_args.dataset_files
     )

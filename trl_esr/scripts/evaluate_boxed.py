@@ -21,9 +21,21 @@ trl-esr evaluate \
 # the same with vLLM (install it first; merge a LoRA adapter into its base model before, vLLM loads full models)
 trl-esr evaluate --model_name_or_path merged-model --use_vllm
 
+# greedy: one response per problem (n > 1 is refused, the responses would be identical)
+trl-esr evaluate --model_name_or_path Qwen3-1.7B --n 1 --temperature 0 \
+    --chat_template_kwargs '{"enable_thinking": false}'
+
+# a template that takes no system message (Gemma-2's): none
+trl-esr evaluate --model_name_or_path gemma-2-2b-it --system_prompt ""
+
 # re-score saved responses (one JSON object per line: {"answer": "...", "responses": ["...", ...]})
 trl-esr evaluate --responses_file math500_samples.jsonl --answer_from first
 ```
+
+Sampling uses the temperature and top-p only, as the paper: nothing from the checkpoint's generation config (its
+`top_k`, `repetition_penalty`, ...), with HF `generate` and vLLM alike; `--seed` seeds both. `--chat_template_kwargs`
+renders the prompts as the model was trained (the trainer's `chat_template_kwargs`). The prompts are rendered before
+the model loads, so a tokenizer without a chat template, or a template that refuses the system message, fails at once.
 
 The scores (printed as JSON): `avg@n`, `pass@n`, `no_box` and `multi_box` (% of responses without a box, with several:
 the paper's sign of a degenerating run), and for generated responses `median_tokens`, `mean_tokens` and `truncated`
@@ -69,10 +81,22 @@ class EvaluateArguments:
     answer_column: str = field(default="answer", metadata={"help": "Column holding the reference answer."})
     system_prompt: str | None = field(
         default=PAPER_SYSTEM_PROMPT,
-        metadata={"help": "System message; use the one the model was trained with."},
+        metadata={
+            "help": "System message; use the one the model was trained with. '' for none (a template that takes no "
+            "system message, such as Gemma-2's)."
+        },
+    )
+    chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Extra keyword arguments for the chat template, as JSON: render the prompts as the model was "
+            "trained, e.g. '{\"enable_thinking\": false}' (the trainer's `chat_template_kwargs`)."
+        },
     )
     n: int = field(default=4, metadata={"help": "Responses per problem (the paper: avg@4 / pass@4)."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the paper: 0.7)."})
+    temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature (the paper: 0.7); 0 = greedy, with `--n 1`."}
+    )
     top_p: float = field(default=0.95, metadata={"help": "Top-p (the paper: 0.95)."})
     max_new_tokens: int = field(default=3584, metadata={"help": "Max new tokens per response (the paper's math cap)."})
     answer_from: str = field(
@@ -96,6 +120,12 @@ class EvaluateArguments:
             "crash or Ctrl-C it holds every finished problem, ready for `--responses_file`."
         },
     )
+
+    def __post_init__(self):
+        from ..validation import json_dict
+
+        # the command line gives a JSON string (as TRL's `chat_template_kwargs`), a `--config` YAML file a mapping
+        self.chat_template_kwargs = json_dict("chat_template_kwargs", self.chat_template_kwargs)
 
 
 def make_parser() -> TrlParser:
@@ -132,7 +162,8 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
     if script_args.responses_file is not None:
         rows = _read_responses_file(script_args.responses_file)
         problems = [row.get("problem", "") for row in rows]
-        references, responses = [row["answer"] for row in rows], [row["responses"] for row in rows]
+        references = [str(row["answer"]) for row in rows]  # a number ({"answer": 5}) too, as `load_problems` reads it
+        responses = [row["responses"] for row in rows]
         lengths = _saved_lengths(rows)
         if script_args.output_file is not None:  # written after reading: it may be the `--responses_file` itself
             ResultRows(script_args.output_file, script_args.answer_from).add(problems, references, responses, *lengths)
@@ -147,12 +178,13 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
     rows = ResultRows(script_args.output_file, script_args.answer_from)  # an unwritable path fails before generating
     name, revision = model_args.model_name_or_path, model_args.model_revision
     tokenizer = inference.load_tokenizer(name, revision)
+    prompts = render_problems(tokenizer, problems, script_args, name)  # before the model: a refusal fails in seconds
     model = None if script_args.use_vllm else inference.load_causal_lm(name, model_args, revision)  # vLLM: its own
-    prompts = chat_prompts(tokenizer, problems, script_args.system_prompt)
     sampling = (script_args.n, script_args.temperature, script_args.top_p, script_args.max_new_tokens)
     try:
         if script_args.use_vllm:  # one engine call for all prompts
-            generated = generate_vllm(name, prompts, *sampling, dtype=model_args.dtype or "auto", revision=revision)
+            generated = generate_vllm(name, tokenizer, prompts, *sampling, seed=script_args.seed,
+                                      dtype=model_args.dtype or "auto", revision=revision)  # fmt: skip
             rows.add(problems, references, *response_columns(generated))
         else:
 
@@ -167,6 +199,31 @@ def evaluate(script_args: EvaluateArguments, model_args: ModelConfig) -> dict:
         error.add_note(rows.kept(len(problems)))
         raise
     return score_generated(generated, references, script_args.answer_from)
+
+
+def render_problems(tokenizer, problems: list[str], script_args: EvaluateArguments, name: str) -> list[str]:
+    """The prompts (`chat_prompts`), rendered before the model loads, or a `ValueError` naming the option to change:
+    for a tokenizer without a chat template, a template that refuses a system message (Gemma-2's) or its arguments."""
+    from jinja2 import TemplateError
+
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"The tokenizer of {name!r} has no chat template: each problem is rendered as a chat, after "
+            "`--system_prompt`. Evaluate a checkpoint that has one (a chat or trained model), or add one to its "
+            "tokenizer_config.json."
+        )
+    try:
+        return chat_prompts(tokenizer, problems, script_args.system_prompt, **(script_args.chat_template_kwargs or {}))
+    except (TemplateError, ValueError) as error:
+        fix = (
+            'if it takes no system message (Gemma-2\'s), set `--system_prompt ""`'
+            if script_args.system_prompt
+            else "check `--chat_template_kwargs`"
+        )
+        reason = " ".join(str(error).split())  # one line
+        raise ValueError(
+            f"The chat template of {name!r} refused the prompt ({type(error).__name__}: {reason}): {fix}."
+        ) from None
 
 
 def _saved_lengths(rows: list[dict]) -> tuple:
@@ -201,6 +258,11 @@ def validate_arguments(script_args: EvaluateArguments, model_args: ModelConfig) 
         raise ValueError(
             f"`--temperature` must be >= 0 (0 = greedy) and `--top_p` in (0, 1]; got {script_args.temperature} and "
             f"{script_args.top_p}. The paper samples at 0.7 and 0.95."
+        )
+    if script_args.temperature == 0 and script_args.n > 1:  # HF `generate` refuses it, after the model has loaded
+        raise ValueError(
+            f"`--n` {script_args.n} with `--temperature` 0: greedy decoding gives {script_args.n} identical "
+            "responses. Use `--n 1` (or a `--temperature` above 0 to sample)."
         )
     check_model_path(
         "model_name_or_path", model_args.model_name_or_path, adapter=True, revision=model_args.model_revision
