@@ -22,6 +22,10 @@ python examples/scripts/evaluate_boxed.py \
 # the same with vLLM (install it first; merge a LoRA adapter into its base model before, vLLM loads full models)
 python examples/scripts/evaluate_boxed.py --model_name_or_path merged-model --use_vllm
 
+# greedy, one response per problem, prompts rendered as a Qwen3 student was trained (non-thinking)
+python examples/scripts/evaluate_boxed.py --model_name_or_path my-qwen3-student --n 1 --temperature 0 \
+    --chat_template_kwargs '{"enable_thinking": false}'
+
 # re-score saved responses (one JSON object per line: {"answer": "...", "responses": ["...", ...]})
 python examples/scripts/evaluate_boxed.py --responses_file math500_samples.jsonl --answer_from first
 ```
