@@ -138,7 +138,7 @@ def test_suggest_k_checks_the_pair_at_the_teachers_revision(teacher_repo, tokeni
     student = save_pretrained(build_tiny_causal_lm(tokenizer, "llama", seed=0), tokenizer, tmp_path / "student")
     model_args = InferenceModelConfig(model_name_or_path=student)
     args = suggest_k_cli.SuggestKArguments(teacher_model_name_or_path=teacher_repo)
-    _, teacher, tokenizer = suggest_k_cli._load_models(args, model_args)
+    _, teacher, tokenizer, _ = suggest_k_cli._load_models(args, model_args)
     assert teacher.get_input_embeddings().weight.shape[0] == len(tokenizer)
     args.teacher_model_revision = "v2"
     with pytest.raises(ValueError, match="their heads have different sizes"):

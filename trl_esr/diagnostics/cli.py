@@ -257,12 +257,13 @@ def _load_prompt_rows(args: SuggestKArguments) -> list[dict]:
     return list(dataset)
 
 
-def _load_models(args: SuggestKArguments, model_args: ModelConfig, rows: list[dict]):
+def _load_models(args: SuggestKArguments, model_args: ModelConfig, rows: list[dict] | None = None):
     """The student (with its adapter), the teacher, the student's tokenizer and the teacher's view of the prompts
     (`trl_esr.teacher_view`, or `None`: the student's rendering). The pair and the teacher's view are checked first,
     from the tokenizers and the configs' head sizes, with the trainer's rules (`trl_esr.pairing.pair_kind`): the
     per-token KL compares next-token distributions over one vocabulary, so the teacher must read the student's ids
-    with heads of the same size (the trainer's "same" pairs)."""
+    with heads of the same size (the trainer's "same" pairs). `rows`: the prompt rows, whose first prompt says
+    whether the teacher's view applies (chat messages); `None`: taken to be chat prompts."""
     from transformers import AutoTokenizer
 
     from ..pairing import TokenizerPairing, head_size, pair_kind
