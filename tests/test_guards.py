@@ -68,6 +68,52 @@ def test_too_many_nonfinite_steps_in_a_row_stop_with_a_checkpoint(make_trainer, 
     assert all(torch.equal(p, initial[n]) for n, p in trainer.model.named_parameters())
 
 
+def fp16_loss_scaling(trainer, init_scale: float) -> torch.amp.GradScaler:
+    """fp16 mixed precision as on a GPU: accelerate's `GradScaler` (it makes one on CUDA only) and gradients that
+    overflow where float16's range ends (each parameter's gradient is rounded through float16, max 65504)."""
+    scaler = trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    trainer.accelerator.native_amp = True
+    for param in trainer.model.parameters():
+        param.register_hook(lambda grad: grad.half().to(grad.dtype))
+    return scaler
+
+
+def test_fp16_loss_scale_overflows_are_the_scalers_not_a_nonfinite_stop(make_trainer, make_args):
+    """An fp16 run starts with a scale too large for its gradients: GradScaler skips those updates and halves its
+    scale until they fit. The guard used to count each skip as non-finite and stop a healthy run after the limit."""
+    recorder = WeightsPerStep()
+    trainer = make_trainer(make_args(max_steps=8, fp16=True, max_consecutive_nonfinite_steps=2), callbacks=[recorder])
+    scaler = fp16_loss_scaling(trainer, init_scale=2.0**26)  # the tiny student's gradients are ~6e-3: 2**26 overflows
+    trainer.train()  # no RuntimeError
+
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    overflows = [e["esr/loss_scale_overflows"] for e in logs]
+    skipped = int(overflows[-1])
+    assert skipped >= 3 and scaler.get_scale() == 2.0**26 / 2**skipped  # each overflow halved the scale once
+    assert overflows == [float(min(step, skipped)) for step in range(1, 9)]  # the first steps, in a row
+    assert [e["esr/nonfinite_steps"] for e in logs] == [0.0] * 8
+    w = recorder.weights
+    assert all(torch.equal(w[0], w[step]) for step in range(1, skipped + 1))  # the scaler skipped those updates
+    assert all(not torch.equal(w[step - 1], w[step]) for step in range(skipped + 1, 9))  # then it trained
+    assert torch.isfinite(w[8]).all()
+
+
+def test_fp16_a_nan_loss_still_stops_once_the_scale_is_down_to_one(make_trainer, make_args, tmp_path):
+    args = make_args(max_steps=8, fp16=True, max_consecutive_nonfinite_steps=2, output_dir=str(tmp_path / "nan16"))
+    trainer = make_trainer(args)
+    initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    fp16_loss_scaling(trainer, init_scale=4.0)
+    poison_teacher(trainer, calls_to_poison=set(range(100)))
+    # scale 4 and 2: the scaler's skips; scale 1 and 0.5: non-finite unscaled, counted -> the limit of 2 at step 4
+    with pytest.raises(RuntimeError, match=r"stopped at step 4: the last 2 steps had a non-finite"):
+        trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["esr/loss_scale_overflows"] for e in logs] == [1.0, 2.0, 2.0, 2.0]
+    assert [e["esr/nonfinite_steps"] for e in logs] == [0.0, 0.0, 1.0, 2.0]
+    assert (tmp_path / "nan16" / "checkpoint-4" / "model.safetensors").is_file()
+    assert all(torch.equal(p, initial[n]) for n, p in trainer.model.named_parameters())
+
+
 def test_sigint_checkpoints_then_raises(make_trainer, make_args, tmp_path):
     class SigintAtStep2(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

@@ -115,7 +115,8 @@ class ESRConfig(DistillationConfig):
         max_consecutive_nonfinite_steps (`int`, *optional*, defaults to `10`):
             An optimizer step whose loss or gradients are NaN/inf is always skipped (weights and optimizer state
             unchanged, counted in `esr/nonfinite_steps`). After this many skipped steps in a row, the last finite
-            weights are checkpointed and training stops with an error. `0` never stops.
+            weights are checkpointed and training stops with an error. `0` never stops. Under fp16, the loss scaler's
+            own overflow skips (at a scale above 1) are not counted: they are logged as `esr/loss_scale_overflows`.
         save_on_interrupt (`bool`, *optional*, defaults to `True`):
             On SIGINT/SIGTERM, finish the current step, write a checkpoint and stop, instead of losing the progress
             since the last save.
@@ -297,7 +298,8 @@ class ESRConfig(DistillationConfig):
         metadata={
             "help": "A step whose loss or gradients are NaN/inf is always skipped (weights unchanged, counted in "
             "`esr/nonfinite_steps`). After this many in a row, the last finite weights are checkpointed and training "
-            "stops with an error. 0 never stops."
+            "stops with an error. 0 never stops. Under fp16, the loss scaler's own overflow skips (at a scale above "
+            "1) are not counted: they are logged as `esr/loss_scale_overflows`."
         },
     )
     save_on_interrupt: bool = field(

@@ -34,6 +34,8 @@ class NonFiniteUpdateGuard(TrainerCallback):
     optimizer state untouched (an AdamW step on zero gradients would still move the weights through its momentum).
     The learning-rate schedule still advances. The cumulative count is logged as `esr/nonfinite_steps`; after
     `max_consecutive` skipped steps in a row the last finite weights are checkpointed and training stops with an error.
+    Under fp16, the loss scaler's own overflow skips are left to it and not counted (`_loss_scaler_overflow`); they are
+    logged as `esr/loss_scale_overflows`.
 
     Sampling must not crash before the loss can show the problem: an update with finite gradients can still leave
     weights so large that the student's logits overflow (a learning rate of 1e15), and `torch.multinomial` then raises
@@ -51,7 +53,7 @@ class NonFiniteUpdateGuard(TrainerCallback):
 
     def __init__(self, trainer, max_consecutive: int):
         self.trainer, self.max_consecutive = trainer, max_consecutive
-        self.skipped, self.consecutive = 0, 0
+        self.skipped, self.consecutive, self.overflows = 0, 0, 0
         self.saved_steps = []  # steps of this run's checkpoints
         self.saved_before_streak = None  # the newest written before the update that preceded the current streak
         self.nonfinite_weights = False
@@ -75,7 +77,7 @@ class NonFiniteUpdateGuard(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         # Per-run state: a trainer resumed after a stop here (lower learning rate) must not stop again at once.
-        self.skipped, self.consecutive, self.saved_before_streak = 0, 0, None
+        self.skipped, self.consecutive, self.overflows, self.saved_before_streak = 0, 0, 0, None
         self.nonfinite_weights, self.nonfinite_engine_step = False, None
         self.saved_steps = [state.global_step] if state.global_step > 0 else []  # resumed from a checkpoint
 
@@ -94,6 +96,9 @@ class NonFiniteUpdateGuard(TrainerCallback):
         local_nonfinite = not _all_finite([p.grad for p in model.parameters() if p.grad is not None])
         if not _any_process(self.trainer, local_nonfinite):
             self.consecutive = 0
+            return
+        if _loss_scaler_overflow(self.trainer):  # fp16: GradScaler skips this update and halves its scale itself
+            self.overflows += 1
             return
         for param in model.parameters():
             param.grad = None
@@ -114,6 +119,8 @@ class NonFiniteUpdateGuard(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         metrics(self.trainer, "train")["esr/nonfinite_steps"] = [float(self.skipped)]
+        if self.trainer.accelerator.scaler is not None:
+            metrics(self.trainer, "train")["esr/loss_scale_overflows"] = [float(self.overflows)]
         if self.nonfinite_weights or self.nonfinite_engine_step is not None:  # never checkpoint them
             control.should_save, control.should_training_stop = False, True
         elif self.max_consecutive and self.consecutive >= self.max_consecutive:
@@ -153,6 +160,21 @@ class NonFiniteUpdateGuard(TrainerCallback):
             return "No checkpoint of this run predates that update: restart with a lower learning rate."
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{step}")
         return f"Resume from {checkpoint}, written before that update, with a lower learning rate."
+
+
+def _loss_scaler_overflow(trainer) -> bool:
+    """Whether fp16's loss scaler owns this step's non-finite gradients (a collective, like `_any_process`).
+
+    With fp16, `GradScaler` multiplies the loss by a large scale (2**16 at first) and lowers it by skipping the update
+    and halving the scale whenever the scaled gradients overflow: routine at the start of a run, and not a fault of
+    the model. Counting those skips would stop a healthy fp16 run after `max_consecutive` of them. At a scale of 1 or
+    less the gradients are not finite even unscaled, so the loss or the model is at fault: those steps count (the same
+    floor as DeepSpeed's `min_loss_scale`). A genuinely NaN run is thus caught ~16 steps later under fp16, with its
+    weights untouched meanwhile (every one of those updates is skipped by the scaler).
+    """
+    scaler = trainer.accelerator.scaler
+    local = scaler is not None and scaler.is_enabled() and scaler.get_scale() > 1.0
+    return not _any_process(trainer, not local)
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
