@@ -201,3 +201,22 @@ def test_an_update_that_leaves_nan_weights_stops_at_once_without_saving_them(mak
         "checkpoint-1",
         "checkpoint-2",
     ]
+
+
+def test_a_signal_during_an_update_that_leaves_nan_weights_saves_nothing(make_trainer, make_args, tmp_path):
+    """The interrupt's checkpoint used to override the guard's veto and write the NaN weights as checkpoint-3."""
+
+    class SigintDuringStep3(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if state.global_step + 1 == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "nan_int"
+    args = make_args(max_steps=6, output_dir=str(out), save_strategy="steps", save_steps=2)
+    trainer = make_trainer(args, callbacks=[LearningRateJump(3, float("nan")), SigintDuringStep3()])
+    with pytest.raises(RuntimeError, match="stopped at step 3: the update left non-finite weights") as error:
+        trainer.train()
+    assert f"Resume from {out / 'checkpoint-2'}" in str(error.value)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    assert signal.getsignal(signal.SIGINT) is handler_before

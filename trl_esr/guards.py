@@ -117,11 +117,16 @@ class NonFiniteUpdateGuard(TrainerCallback):
             self.nonfinite_weights = True
             control.should_training_stop = True
 
+    def vetoes_save(self) -> bool:
+        """Whether this step's weights must never be checkpointed: non-finite, or trained on a non-finite engine's
+        rollouts. `CheckpointOnInterrupt` asks before it saves, so a signal during such a step saves nothing."""
+        return self.nonfinite_weights or self.nonfinite_engine_step is not None
+
     def on_step_end(self, args, state, control, **kwargs):
         metrics(self.trainer, "train")["esr/nonfinite_steps"] = [float(self.skipped)]
         if self.trainer.accelerator.scaler is not None:
             metrics(self.trainer, "train")["esr/loss_scale_overflows"] = [float(self.overflows)]
-        if self.nonfinite_weights or self.nonfinite_engine_step is not None:  # never checkpoint them
+        if self.vetoes_save():
             control.should_save, control.should_training_stop = False, True
         elif self.max_consecutive and self.consecutive >= self.max_consecutive:
             control.should_save = control.should_training_stop = True
@@ -200,8 +205,9 @@ class CheckpointOnInterrupt(TrainerCallback):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, save_vetoed=lambda: False):
         self.trainer, self.received, self.stopped, self.previous = trainer, None, False, {}
+        self.save_vetoed = save_vetoed  # `NonFiniteUpdateGuard.vetoes_save`: weights that must not be saved
 
     def _handle(self, signum, frame):
         self.received = signum
@@ -223,7 +229,10 @@ class CheckpointOnInterrupt(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if _any_process(self.trainer, self.received is not None):
-            self.stopped = control.should_save = control.should_training_stop = True
+            self.stopped = control.should_training_stop = True
+            # The guard's veto is agreed across processes already; its `on_train_end` then raises, naming the
+            # checkpoint to resume from, before this callback's would claim a save.
+            control.should_save = not self.save_vetoed()
 
     def on_train_end(self, args, state, control, **kwargs):
         self.restore()

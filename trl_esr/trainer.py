@@ -153,9 +153,10 @@ class ESRDistillTrainer(DistillationTrainer):
         self._add_callbacks(args)
 
     def _add_callbacks(self, args) -> None:
-        self.add_callback(NonFiniteUpdateGuard(self, args.max_consecutive_nonfinite_steps))
+        guard = NonFiniteUpdateGuard(self, args.max_consecutive_nonfinite_steps)
+        self.add_callback(guard)
         if args.save_on_interrupt:
-            self.add_callback(CheckpointOnInterrupt(self))
+            self.add_callback(CheckpointOnInterrupt(self, save_vetoed=guard.vetoes_save))
         if args.esr_diagnostics_steps > 0:
             self._add_diagnostics(args)
 
