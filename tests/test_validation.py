@@ -122,3 +122,22 @@ def test_a_tokenizer_folder_is_a_valid_teacher_tokenizer_path(tokenizer, tmp_pat
     check_model_path("teacher_tokenizer_name_or_path", str(tmp_path / "tokenizer"), tokenizer=True)
     with pytest.raises(ValueError, match="is a folder but not a model"):
         check_model_path("teacher_model_name_or_path", str(tmp_path / "tokenizer"))
+
+
+def test_none_on_the_command_line_is_none_not_the_string(tmp_path):
+    """`--system_prompt None` used to become a system message reading "None" (YAML's `null` was the only way)."""
+    from trl_esr.diagnostics.cli import make_parser as suggest_k_parser
+    from trl_esr.scripts.esr_distill import make_parser as train_parser
+    from trl_esr.scripts.evaluate_boxed import make_parser as evaluate_parser
+
+    nones = ["--system_prompt", "None", "--teacher_chat_template", "null"]
+    script, config, _ = train_parser().parse_args_and_config(
+        ["--output_dir", str(tmp_path), "--use_cpu", "--bf16", "False", *nones,
+         "--teacher_tokenizer_name_or_path", "None"])  # fmt: skip
+    assert (script.system_prompt, config.teacher_chat_template, config.teacher_tokenizer_name_or_path) == (None,) * 3
+    evaluate_args, _ = evaluate_parser().parse_args_and_config(["--model_name_or_path", "m", *nones[:2]])
+    assert evaluate_args.system_prompt is None
+    suggest_args, _ = suggest_k_parser().parse_args_and_config(["--model_name_or_path", "m", *nones])
+    assert (suggest_args.system_prompt, suggest_args.teacher_chat_template) == (None, None)
+    kept, _ = evaluate_parser().parse_args_and_config(["--model_name_or_path", "m", "--system_prompt", "None of it."])
+    assert kept.system_prompt == "None of it."

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from trl import DistillationConfig
 
 from .horizon_guard import validate_guard_fields
-from .validation import check_padding_number, check_training_numbers
+from .validation import check_padding_number, check_training_numbers, cli_none
 
 
 _SCHEDULES = ("constant", "linear")
@@ -320,9 +320,8 @@ class ESRConfig(DistillationConfig):
                 warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
             super().__post_init__()
         check_padding_number(self)  # TRL's `__post_init__` turns its string forms into an int or None
-        # YAML gives `null`, the command line gives the string "None": both disable ESR.
-        if isinstance(self.esr_k, str) and self.esr_k.lower() in ("none", "null"):
-            self.esr_k = None
+        # YAML gives `null`, the command line gives the string "None": both disable ESR (or leave the field unset).
+        cli_none(self, "esr_k", "teacher_chat_template", "teacher_tokenizer_name_or_path")
         if self.esr_k is not None:
             _require_positive_int("esr_k", self.esr_k, "or `None` to disable ESR")
             if self.max_completion_length is not None and self.esr_k > self.max_completion_length:

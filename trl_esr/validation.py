@@ -464,6 +464,16 @@ def check_padding_number(config) -> None:
         raise _fail("pad_to_multiple_of", value, "a positive int or None", "None: no padding.")
 
 
+def cli_none(config, *names: str) -> None:
+    """Set each of `config`'s optional string fields given as "None" or "null" to `None`: a YAML `--config` can write
+    `null`, but on the command line `--system_prompt None` is the string "None", which would become a system message
+    (or a Jinja template) that reads "None"."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            setattr(config, name, None)
+
+
 def json_dict(option: str, value) -> dict | None:
     """A command-line option holding a JSON object (`--chat_template_kwargs '{"enable_thinking": false}'`), as a
     dict; a dict (from a YAML `--config`) or `None` as it is. Anything else raises one line naming the option."""

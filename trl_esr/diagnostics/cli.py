@@ -41,7 +41,7 @@ from trl import ModelConfig, TrlParser
 
 from .. import inference
 from ..inference import InferenceModelConfig
-from ..validation import json_dict
+from ..validation import cli_none, json_dict
 from .decay import boxed_answer_checker
 from .prompts import prompt_from_row
 from .recommend import DEFAULT_THRESHOLD
@@ -141,6 +141,7 @@ class SuggestKArguments:
     )
 
     def __post_init__(self):
+        cli_none(self, "system_prompt", "teacher_chat_template")
         for name in ("chat_template_kwargs", "teacher_chat_template_kwargs"):
             setattr(self, name, json_dict(name, getattr(self, name)))
 

@@ -115,6 +115,7 @@ class ESRScriptArguments(ScriptArguments):
     )
 
     def __post_init__(self):
+        validation.cli_none(self, "system_prompt")  # `--system_prompt None`: no system message
         if self.teacher_load_in_4bit and self.teacher_load_in_8bit:
             raise ValueError("`teacher_load_in_4bit` and `teacher_load_in_8bit` are exclusive: choose one.")
         if self.boxed_eval_steps <= 0:

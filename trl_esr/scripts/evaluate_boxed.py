@@ -122,8 +122,9 @@ class EvaluateArguments:
     )
 
     def __post_init__(self):
-        from ..validation import json_dict
+        from ..validation import cli_none, json_dict
 
+        cli_none(self, "system_prompt")  # `--system_prompt None`: no system message, as ''
         # the command line gives a JSON string (as TRL's `chat_template_kwargs`), a `--config` YAML file a mapping
         self.chat_template_kwargs = json_dict("chat_template_kwargs", self.chat_template_kwargs)
 
