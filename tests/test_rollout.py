@@ -1,7 +1,10 @@
 """ESR's rollout horizon: training rollouts stop at k, evaluation does not, and the esr/* metrics count them."""
 
 import pytest
+import torch
 from helpers import record_batches
+
+from trl_esr._trl_compat import metrics
 
 
 @pytest.mark.parametrize("k", [1, 5, 16])
@@ -58,3 +61,22 @@ def test_capped_fraction_counts_rollouts_that_did_not_end(make_trainer, tokenize
     assert 0 < sum(ended) < 8, "the seed should give a mix of ended and running rollouts"
     assert trainer.state.log_history[0]["esr/capped_fraction"] == pytest.approx(1 - sum(ended) / 8)
     assert trainer.state.log_history[0]["esr/tokens_generated"] == batch["completion_mask"].sum().item()
+
+
+def test_capped_fraction_ignores_the_eos_that_ends_a_tool_calling_turn(make_trainer, tokenizer, make_args):
+    """With tools, an EOS closes each assistant turn before a tool result and the rollout goes on: only a rollout
+    whose last token is a stop token, within k, ended. (It used to count any EOS within k, so a rollout cut at k
+    after a tool call passed for ended.)"""
+    trainer = make_trainer(make_args(esr_k=6, max_completion_length=8))
+    eos, pad, a, t = tokenizer.eos_token_id, tokenizer.pad_token_id, 5, 6  # t: a tool-result token
+    rows = [
+        ([a, eos, t, t, a, a, pad, pad], 6),  # tool turn, then cut at k = 6: capped
+        ([a, a, eos, pad, pad, pad, pad, pad], 3),  # ended at its first EOS
+        ([a, eos, t, a, eos, pad, pad, pad], 5),  # tool turn, then its final answer ended: ended
+        ([a, a, a, a, a, a, a, eos], 8),  # "mask" mode generates past k: an EOS after k is not within k
+    ]
+    completion_ids = torch.tensor([ids for ids, _ in rows])
+    completion_mask = torch.tensor([[1] * n + [0] * (8 - n) for _, n in rows])
+    batch = {"completion_ids": completion_ids, "completion_mask": completion_mask}
+    trainer._count_trained(batch, 6, loss_mask=completion_mask)
+    assert metrics(trainer, "train")["esr/capped_fraction"] == [2 / 4]

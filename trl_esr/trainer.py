@@ -228,8 +228,12 @@ class ESRDistillTrainer(DistillationTrainer):
         horizon = k if k is not None else self.args.max_completion_length
         within_k = torch.arange(completion_ids.size(1), device=completion_ids.device) < horizon  # (C,)
 
+        # A rollout ended within k iff its last token is a stop token and it is no longer than k: with tool calls an
+        # EOS also ends each assistant turn before a tool result, so "an EOS within k" would miscount those.
         eos_ids = torch.tensor(stop_token_ids(self), device=completion_ids.device)
-        ended_within_k = (torch.isin(completion_ids, eos_ids) & completion_mask.bool() & within_k).any(dim=1)  # (B,)
+        lengths = completion_mask.sum(dim=1)  # (B,) completions are right-padded
+        last_token = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)  # (B,)
+        ended_within_k = torch.isin(last_token, eos_ids) & (lengths > 0) & (lengths <= horizon)  # (B,)
         trained_per_rollout = loss_mask.sum(dim=1)  # (B,)
         counts = torch.stack(
             [
